@@ -1,0 +1,1 @@
+"""The Annotated LLaMA: a readable, tested LLaMA forward pass on real checkpoints."""
