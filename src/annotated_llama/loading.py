@@ -1,0 +1,160 @@
+"""``load(source)``: one entry point from a model name, a file, a directory or a hub id to (model, tokenizer).
+
+The bundled model's float32 tensors are cached as safetensors after the first dequantization, so a warm
+load reads one file instead of dequantizing 272 GGUF tensors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import assets
+from .config import ModelArgs
+from .model import Transformer
+from .tokenizer import ByteLevelBPETokenizer, load_tokenizer
+from .weights import CheckpointError, find_meta_tokenizer, read_gguf, read_hf_dir, read_meta_dir
+
+BUNDLED = {"smollm2-135m": assets.SMOLLM2_GGUF}
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """Defaults: CUDA in bf16 (fp16 on GPUs without bf16) when a GPU is present, else CPU in float32."""
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(dtype, str):
+        if dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+        dtype = _DTYPES[dtype.lower()]
+    if dtype is None:
+        if device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+    return device, dtype
+
+
+def _bundled_state_dict(name: str) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file, save_file
+
+    gguf_path = assets.asset_path(BUNDLED[name])
+    cached = assets.cache_dir() / (gguf_path.stem + ".f32.safetensors")
+    if cached.is_file():
+        from safetensors import safe_open
+
+        with safe_open(cached, framework="pt") as f:
+            meta = f.metadata() or {}
+        if "model_args" in meta:
+            return ModelArgs(**json.loads(meta["model_args"])), load_file(cached)
+    args, sd = read_gguf(gguf_path)
+    partial = cached.with_suffix(".part")
+    fields = {k: v for k, v in vars(args).items()}
+    save_file(sd, partial, metadata={"model_args": json.dumps(fields)})
+    partial.rename(cached)
+    return args, sd
+
+
+def _bundled_tokenizer(name: str):
+    """The bundled model's tokenizer, cached as JSON: re-reading 98k strings from the GGUF takes seconds."""
+    gguf_path = assets.asset_path(BUNDLED[name])
+    cached = assets.cache_dir() / (gguf_path.stem + ".tokenizer.json")
+    if cached.is_file():
+        return ByteLevelBPETokenizer.from_json(cached.read_text(), cached)
+    tokenizer = load_tokenizer(gguf_path)
+    partial = cached.with_suffix(".part")
+    partial.write_text(tokenizer.to_json())
+    partial.rename(cached)
+    return tokenizer
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise ValueError(f"{repo_id!r} looks like a Hugging Face id, but huggingface_hub is not installed") from e
+    try:
+        return Path(snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+    except Exception as e:
+        raise ValueError(
+            f"could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Check the id, "
+            "your network, and for gated models (meta-llama/*) that you accepted the licence and logged in "
+            "(huggingface_hub.login())."
+        ) from e
+
+
+def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu")):
+    """Find what ``source`` names and read it: returns (args, state_dict, tokenizer)."""
+    if isinstance(source, str) and source.lower() in BUNDLED:
+        args, sd = _bundled_state_dict(source.lower())
+        return args, sd, _bundled_tokenizer(source.lower())
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ValueError(f"{path} is a file but not a .gguf; give a .gguf file or a checkpoint directory")
+        args, sd = read_gguf(path)
+        return args, sd, load_tokenizer(path)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            args, sd = read_hf_dir(path, device=device)
+            names = [n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()]
+            if not names:
+                raise CheckpointError(f"{path} has config.json but no tokenizer.model or tokenizer.json")
+            return args, sd, load_tokenizer(path / names[0])
+        if (path / "params.json").is_file():
+            tok_path = find_meta_tokenizer(path)
+            if tok_path is None:
+                raise CheckpointError(f"{path}: no tokenizer.model beside params.json or in its parent directory")
+            tokenizer = load_tokenizer(tok_path)
+            args, sd = read_meta_dir(path, vocab_size=tokenizer.vocab_size)
+            return args, sd, tokenizer
+        raise CheckpointError(
+            f"{path} is a directory but holds neither config.json (Hugging Face) nor params.json (Meta)")
+    text = str(source)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists():
+        return read_checkpoint(_hub_snapshot(text), device)
+    raise ValueError(
+        f"unknown model {text!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing .gguf file or "
+        "checkpoint directory, and not a Hugging Face id of the form 'org/name'"
+    )
+
+
+def build_model(args: ModelArgs, sd: dict[str, torch.Tensor], device, dtype) -> Transformer:
+    """Create the model without allocating weights (meta device), then adopt the loaded tensors."""
+    with torch.device("meta"):
+        model = Transformer(args)
+    for name in list(sd):  # convert one tensor at a time: peak memory stays near one copy
+        sd[name] = sd[name].to(device=device, dtype=dtype)
+    if args.tie_word_embeddings:
+        sd["output.weight"] = sd["tok_embeddings.weight"]
+    model.load_state_dict(sd, strict=True, assign=True)
+    if args.tie_word_embeddings:
+        model.output.weight = model.tok_embeddings.weight  # assign=True replaced the shared parameter
+    return model.eval().requires_grad_(False)
+
+
+def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_seq_len: int | None = None):
+    """Load a model and its tokenizer.
+
+    ``source``: "smollm2-135m" (bundled), a ``.gguf`` file, a Hugging Face model directory, a Meta
+    checkpoint directory (params.json + consolidated.*.pth), or a Hugging Face id when online.
+    ``max_seq_len`` shortens the context (and the RoPE table) below the checkpoint's.
+    """
+    device, dtype = resolve_device_dtype(device, dtype)
+    args, sd, tokenizer = read_checkpoint(source, device=device)
+    if max_seq_len is not None:
+        args = args.replace(max_seq_len=min(max_seq_len, args.max_seq_len))
+    if tokenizer.vocab_size > args.vocab_size:
+        raise CheckpointError(
+            f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {args.vocab_size}")
+    return build_model(args, sd, device, dtype), tokenizer

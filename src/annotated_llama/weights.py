@@ -1,0 +1,269 @@
+"""Reading checkpoints into Meta's parameter names and layout: GGUF, Hugging Face safetensors, Meta ``.pth``.
+
+Every reader returns ``(ModelArgs, state_dict)`` with the names of ``model.Transformer`` and q/k rows in
+Meta's interleaved RoPE layout. GGUF and Meta checkpoints already use that layout; Hugging Face checkpoints
+permute q/k rows for the rotate-half form of RoPE, and ``unpermute_hf`` undoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ModelArgs
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, malformed, or does not match its config."""
+
+
+# --- The q/k permutation -------------------------------------------------------------------------------
+def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta's interleaved pairs (2j, 2j+1) -> Hugging Face's halves (j, j + head_dim/2), per head."""
+    rows, cols = w.shape
+    head_dim = rows // n_heads
+    return w.view(n_heads, head_dim // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def unpermute_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Hugging Face's rotate-half row order -> Meta's interleaved order (the inverse of the above)."""
+    rows, cols = w.shape
+    head_dim = rows // n_heads
+    return w.view(n_heads, 2, head_dim // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+# --- Checking a state dict against its config ----------------------------------------------------------
+def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    d, hd, ffn = args.dim, args.head_dim, args.ffn_dim
+    shapes = {"tok_embeddings.weight": (args.vocab_size, d), "norm.weight": (d,)}
+    if not args.tie_word_embeddings:
+        shapes["output.weight"] = (args.vocab_size, d)
+    for i in range(args.n_layers):
+        p = f"layers.{i}."
+        shapes.update({
+            p + "attention.wq.weight": (args.n_heads * hd, d),
+            p + "attention.wk.weight": (args.n_kv_heads * hd, d),
+            p + "attention.wv.weight": (args.n_kv_heads * hd, d),
+            p + "attention.wo.weight": (d, args.n_heads * hd),
+            p + "feed_forward.w1.weight": (ffn, d),
+            p + "feed_forward.w2.weight": (d, ffn),
+            p + "feed_forward.w3.weight": (ffn, d),
+            p + "attention_norm.weight": (d,),
+            p + "ffn_norm.weight": (d,),
+        })
+    return shapes
+
+
+def check_state_dict(args: ModelArgs, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError naming every missing, unexpected or wrongly shaped tensor."""
+    want = expected_shapes(args)
+    problems = [f"missing tensor {k} (expected shape {list(s)})" for k, s in want.items() if k not in sd]
+    problems += [
+        f"tensor {k} has shape {list(sd[k].shape)}, expected {list(s)}"
+        for k, s in want.items() if k in sd and tuple(sd[k].shape) != s
+    ]
+    problems += [f"unexpected tensor {k} {list(sd[k].shape)}" for k in sd if k not in want]
+    if problems:
+        shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+        raise CheckpointError(f"{source} does not match its config:\n  {shown}")
+
+
+# --- GGUF ----------------------------------------------------------------------------------------------
+_GGUF_NAMES = {
+    "token_embd": "tok_embeddings", "output_norm": "norm", "output": "output",
+    "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
+    "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2",
+    "ffn_up": "feed_forward.w3", "attn_norm": "attention_norm", "ffn_norm": "ffn_norm",
+}
+
+
+def _gguf_reader(path: Path):
+    from gguf import GGUFReader
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # the reader raises assorted errors on truncated files
+        raise CheckpointError(f"{path} is a truncated or corrupt GGUF file: {type(e).__name__}: {e}") from e
+
+
+def gguf_field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def args_from_gguf(reader, path: Path) -> ModelArgs:
+    arch = gguf_field(reader, "general.architecture")
+    if arch != "llama":
+        raise CheckpointError(f"{path} holds a {arch!r} model; this package runs the 'llama' architecture")
+    g = lambda k, d=None: gguf_field(reader, f"llama.{k}", d)  # noqa: E731
+    n_heads = g("attention.head_count")
+    names = {t.name for t in reader.tensors}
+    vocab = g("vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
+    return ModelArgs(
+        dim=g("embedding_length"), n_layers=g("block_count"), n_heads=n_heads,
+        n_kv_heads=g("attention.head_count_kv", n_heads), vocab_size=vocab,
+        hidden_dim=g("feed_forward_length"), norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(g("rope.freq_base", 10000.0)), max_seq_len=g("context_length", 4096),
+        head_dim=g("rope.dimension_count"), tie_word_embeddings="output.weight" not in names,
+    )
+
+
+def read_gguf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """Dequantize every tensor of a llama GGUF to float32 (q/k stay in Meta's layout, as GGUF stores them)."""
+    from gguf import GGMLQuantizationType, dequantize
+
+    path = Path(path)
+    reader = _gguf_reader(path)
+    args = args_from_gguf(reader, path)
+    sd = {}
+    for t in reader.tensors:
+        m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.weight", t.name)
+        if not m or m.group(2) not in _GGUF_NAMES:
+            raise CheckpointError(f"{path}: unknown tensor {t.name!r} for the llama architecture")
+        name = _GGUF_NAMES[m.group(2)] + ".weight"
+        if m.group(1) is not None:
+            name = f"layers.{m.group(1)}.{name}"
+        # GGUF lists dimensions fastest-first; the numpy view is already [rows, cols].
+        array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            array = array.reshape([int(n) for n in reversed(t.shape)])
+        sd[name] = torch.from_numpy(array.copy())
+    check_state_dict(args, sd, str(path))
+    return args, sd
+
+
+# --- Hugging Face --------------------------------------------------------------------------------------
+_HF_NAMES = {
+    "model.embed_tokens.weight": "tok_embeddings.weight", "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_HF_LAYER_NAMES = {
+    "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo", "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+
+
+def hf_name_to_meta(name: str) -> str | None:
+    if name in _HF_NAMES:
+        return _HF_NAMES[name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
+    if m and m.group(2) in _HF_LAYER_NAMES:
+        return f"layers.{m.group(1)}.{_HF_LAYER_NAMES[m.group(2)]}.weight"
+    if name.endswith("rotary_emb.inv_freq"):
+        return None  # a buffer some old checkpoints saved; recomputed from rope_theta
+    raise CheckpointError(f"unknown tensor {name!r} in a Hugging Face LLaMA checkpoint")
+
+
+def read_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """A Hugging Face model directory: config.json and model.safetensors (or shards with an index).
+
+    Tensors are read straight onto ``device``, one at a time, so a 7B model never sits in host memory whole.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    config_path = path / "config.json"
+    try:
+        args = ModelArgs.from_hf_config(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{config_path} is not a valid LLaMA config.json ({type(e).__name__}: {e})") from e
+    files = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{path}: shards named in {index.name} are missing: {missing}")
+    if not files:
+        hint = " (a PyTorch .bin checkpoint: convert it to safetensors first)" if list(path.glob("*.bin")) else ""
+        raise CheckpointError(f"{path} has config.json but no *.safetensors weights{hint}")
+    sd = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt", device=str(device)) as f:
+                for name in f.keys():
+                    meta_name = hf_name_to_meta(name)
+                    if meta_name is not None:
+                        sd[meta_name] = f.get_tensor(name)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
+    if args.tie_word_embeddings:
+        sd.pop("output.weight", None)  # some tied checkpoints store the shared matrix twice
+    for i in range(args.n_layers):
+        for key, heads in (("wq", args.n_heads), ("wk", args.n_kv_heads)):
+            name = f"layers.{i}.attention.{key}.weight"
+            if name in sd and sd[name].shape[0] == heads * args.head_dim:
+                sd[name] = unpermute_hf(sd[name], heads)
+    check_state_dict(args, sd, str(path))
+    return args, sd
+
+
+# --- Meta ----------------------------------------------------------------------------------------------
+# Model-parallel shards: column-parallel weights split their output rows (dim 0), row-parallel ones their
+# input columns (dim 1); the embedding is split along the model dimension; norms are replicated.
+_SHARD_DIM = {"tok_embeddings": 1, "output": 0, "wq": 0, "wk": 0, "wv": 0, "w1": 0, "w3": 0, "wo": 1, "w2": 1}
+
+
+def _shard_dim(name: str) -> int | None:
+    return _SHARD_DIM.get(name.split(".")[-2])
+
+
+def find_meta_tokenizer(path: Path) -> Path | None:
+    for candidate in (path / "tokenizer.model", path.parent / "tokenizer.model"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_meta_dir(path: str | Path, vocab_size: int | None = None) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """A Meta checkpoint directory: params.json and consolidated.NN.pth (one or several shards).
+
+    The shards are memory-mapped, so tensors are read from disk only when they are moved or merged.
+    """
+    path = Path(path)
+    params_path = path / "params.json"
+    try:
+        params = json.loads(params_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{params_path} is not valid JSON: {e}") from e
+    try:
+        args = ModelArgs.from_meta_params(params, vocab_size=vocab_size)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{params_path}: {e}") from e
+    shards = sorted(path.glob("consolidated.*.pth"))
+    if not shards:
+        raise CheckpointError(f"{path} has params.json but no consolidated.*.pth weights")
+    loaded = []
+    for shard in shards:
+        try:
+            # weights_only: a checkpoint is data; never let unpickling run code from it.
+            loaded.append(torch.load(shard, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as e:
+            raise CheckpointError(
+                f"{shard} could not be loaded as plain tensors (weights_only=True): {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}. Only tensor checkpoints are accepted; a pickle "
+                "that needs code to run is refused."
+            ) from e
+    sd = {}
+    for name in loaded[0]:
+        if name.endswith("rope.freqs"):
+            continue  # Llama 1 saved the RoPE frequencies; they are recomputed from rope_theta
+        parts = [s[name] for s in loaded]
+        dim = _shard_dim(name)
+        sd[name] = parts[0] if dim is None or len(parts) == 1 else torch.cat(parts, dim=dim)
+    if "output.weight" not in sd and "tok_embeddings.weight" in sd:
+        args = args.replace(tie_word_embeddings=True)  # params.json cannot say it; the missing tensor does
+    check_state_dict(args, sd, str(path))
+    return args, sd

@@ -1,0 +1,136 @@
+"""Our forward pass against transformers' LlamaForCausalLM on the same random weights, saved as real
+Hugging Face and Meta checkpoints; the KV cache against one full pass; input validation."""
+
+import pytest
+import torch
+from helpers import CONFIGS, hf_model, save_meta_checkpoint
+
+import annotated_llama as al
+from annotated_llama.model import attention_probabilities
+
+TOL = 1e-4  # float32, max abs logit difference
+
+
+def reference_logits(hf, tokens):
+    with torch.no_grad():
+        return hf(tokens).logits
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    torch.manual_seed(1)
+    return torch.randint(0, 256, (2, 23))
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_hf_directory_matches_transformers(kind, tokens, tmp_path):
+    hf = hf_model(kind)
+    hf.save_pretrained(tmp_path)  # config.json + model.safetensors, q/k in rotate-half order
+    args, sd = al.weights.read_hf_dir(tmp_path)
+    model = al.loading.build_model(args, sd, torch.device("cpu"), torch.float32)
+    diff = (model(tokens) - reference_logits(hf, tokens)).abs().max().item()
+    assert diff <= TOL, f"{kind}: max abs logit difference {diff:.2e}"
+
+
+def test_sharded_hf_directory(tokens, tmp_path):
+    hf = hf_model("gqa")
+    hf.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    args, sd = al.weights.read_hf_dir(tmp_path)
+    model = al.loading.build_model(args, sd, torch.device("cpu"), torch.float32)
+    assert (model(tokens) - reference_logits(hf, tokens)).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("kind,n_shards", [("mha", 1), ("gqa", 1), ("mqa", 1), ("tied", 1), ("odd_head_dim", 1),
+                                           ("mha", 2), ("gqa", 2)])
+def test_meta_checkpoint_matches_transformers(kind, n_shards, tokens, tmp_path):
+    hf = hf_model(kind)
+    save_meta_checkpoint(hf, tmp_path / "ckpt", n_shards=n_shards)
+    args, sd = al.weights.read_meta_dir(tmp_path / "ckpt")
+    model = al.loading.build_model(args, sd, torch.device("cpu"), torch.float32)
+    diff = (model(tokens) - reference_logits(hf, tokens)).abs().max().item()
+    assert diff <= TOL, f"{kind} in {n_shards} shard(s): max abs logit difference {diff:.2e}"
+
+
+def test_permutations_are_inverse():
+    w = torch.randn(8 * 6, 10)
+    assert torch.equal(al.weights.unpermute_hf(al.weights.permute_meta_to_hf(w, 8), 8), w)
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    hf = hf_model("gqa")
+    from helpers import hf_to_meta_state_dict
+
+    args = al.ModelArgs(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=256, hidden_dim=344,
+                        norm_eps=1e-6, max_seq_len=64)
+    return al.loading.build_model(args, hf_to_meta_state_dict(hf), torch.device("cpu"), torch.float32)
+
+
+def test_kv_cache_equals_one_pass(gqa_model, tokens):
+    full = gqa_model(tokens)
+    parts = [gqa_model(tokens[:, :7], start_pos=0)]  # a prompt of 7 ...
+    parts.append(gqa_model(tokens[:, 7:10], start_pos=7))  # ... a chunk of 3 ...
+    for pos in range(10, tokens.shape[1]):  # ... then one token at a time
+        parts.append(gqa_model(tokens[:, pos:pos + 1], start_pos=pos))
+    assert (torch.cat(parts, dim=1) - full).abs().max().item() <= TOL
+
+
+def test_cache_grows_past_its_first_capacity(gqa_model):
+    torch.manual_seed(3)
+    seq = torch.randint(0, 256, (1, 40))
+    full = gqa_model(seq)
+    gqa_model.setup_cache(1, capacity=4)
+    out = [gqa_model(seq[:, :2])] + [gqa_model(seq[:, i:i + 1], start_pos=i) for i in range(2, 40)]
+    assert (torch.cat(out, 1) - full).abs().max().item() <= TOL
+
+
+def test_attention_probabilities_match_transformers():
+
+    hf = hf_model("gqa")
+    hf.config._attn_implementation = "eager"  # eager attention returns its weights
+    tokens = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        want = hf(tokens, output_attentions=True).attentions[0]  # layer 0, [1, heads, 9, 9]
+    from helpers import hf_to_meta_state_dict
+
+    args = al.ModelArgs(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=256, hidden_dim=344,
+                        norm_eps=1e-6, max_seq_len=64)
+    model = al.loading.build_model(args, hf_to_meta_state_dict(hf), torch.device("cpu"), torch.float32)
+    attn = model.layers[0].attention
+    x = model.layers[0].attention_norm(model.tok_embeddings(tokens))
+    freqs = model.freqs_cis(x.device)[:9]
+    q = al.model.apply_rotary_emb(attn.wq(x).view(1, 9, 8, 16), freqs).transpose(1, 2)
+    k = al.model.apply_rotary_emb(attn.wk(x).view(1, 9, 2, 16), freqs).transpose(1, 2)
+    assert (attention_probabilities(q, k) - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("bad,message", [
+    (torch.tensor([1, 2, 3]), "2-D"),
+    (torch.tensor([[1.0, 2.0]]), "integer ids"),
+    (torch.zeros((1, 0), dtype=torch.long), "empty"),
+    (torch.tensor([[1, 256]]), "token id 256 is outside the vocabulary"),
+    (torch.tensor([[-1, 2]]), "token id -1"),
+    (torch.zeros((1, 65), dtype=torch.long), "65 > the model's context of 64"),
+    ([1, 2, 3], "torch.LongTensor"),
+])
+def test_bad_tokens_are_refused(gqa_model, bad, message):
+    with pytest.raises(ValueError, match=message):
+        gqa_model(bad)
+
+
+def test_start_pos_must_follow_the_cache(gqa_model):
+    gqa_model(torch.tensor([[1, 2, 3]]))
+    with pytest.raises(ValueError, match="start_pos 5 is not in 0..3"):
+        gqa_model(torch.tensor([[4]]), start_pos=5)
+    with pytest.raises(ValueError, match="60 \\+ 5 tokens"):
+        gqa_model.cache_len = 60
+        gqa_model(torch.zeros((1, 5), dtype=torch.long), start_pos=60)
+    gqa_model.reset_cache()
+
+
+def test_dtype_and_device_arguments():
+    dev, dt = al.loading.resolve_device_dtype("cpu", "bfloat16")
+    assert (dev.type, dt) == ("cpu", torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown dtype 'float8'"):
+        al.loading.resolve_device_dtype("cpu", "float8")

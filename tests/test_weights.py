@@ -1,0 +1,185 @@
+"""Checkpoint loading through ``load``: every source kind, and every kind of bad input giving an error
+that names the problem."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from helpers import hf_model, hf_to_meta_state_dict, save_meta_checkpoint
+
+import annotated_llama as al
+from annotated_llama import assets
+from annotated_llama.weights import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def llama2_tokenizer_file(tmp_path_factory):
+    """A real Llama 2 tokenizer.model (rebuilt from llama.cpp's vocabulary) to put beside checkpoints."""
+    al.llama2_tokenizer()  # writes the rebuilt proto into the cache
+    return assets.cache_dir() / "llama2-tokenizer.model"
+
+
+def test_load_hf_directory_with_tokenizer(tmp_path, llama2_tokenizer_file):
+    hf = hf_model("gqa", vocab_size=32000)
+    hf.save_pretrained(tmp_path)
+    shutil.copy(llama2_tokenizer_file, tmp_path / "tokenizer.model")
+    model, tok = al.load(tmp_path, device="cpu")
+    ids = torch.tensor([tok.encode("Hello world")])
+    assert ids[0, 0].item() == 1  # Llama 2 convention: BOS first
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_load_meta_directory_vocab_from_tokenizer(tmp_path, llama2_tokenizer_file):
+    hf = hf_model("mha", vocab_size=32000)
+    ckpt = save_meta_checkpoint(hf, tmp_path / "7B")
+    params = json.loads((ckpt / "params.json").read_text())
+    params["vocab_size"] = -1  # as in Meta's Llama 2 release: the tokenizer decides
+    (ckpt / "params.json").write_text(json.dumps(params))
+    shutil.copy(llama2_tokenizer_file, tmp_path / "tokenizer.model")  # in the parent, as Meta ships it
+    model, tok = al.load(ckpt, device="cpu")
+    assert model.args.vocab_size == tok.vocab_size == 32000
+    ids = torch.tensor([tok.encode("The capital of France is")])
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-4
+
+
+def test_load_in_bfloat16(tmp_path, llama2_tokenizer_file):
+    hf = hf_model("gqa", vocab_size=32000)
+    hf.save_pretrained(tmp_path)
+    shutil.copy(llama2_tokenizer_file, tmp_path / "tokenizer.model")
+    model, _ = al.load(tmp_path, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    ids = torch.tensor([[1, 450, 7483, 310, 3444, 338]])
+    logits = model(ids)
+    assert logits.dtype == torch.float32
+    with torch.no_grad():
+        ref = hf(ids).logits
+    # bf16 keeps 8 bits of mantissa: logits of this random model (|logit| < 1) agree to a few 1e-2.
+    assert (logits - ref).abs().max().item() < 5e-2
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model 'llama-9000'.*smollm2-135m"):
+        al.load("llama-9000")
+
+
+def test_missing_path():
+    with pytest.raises(ValueError, match="unknown model '/no/such/dir'"):
+        al.load("/no/such/dir")
+
+
+def test_not_a_gguf_file(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"PK\x03\x04 this is a zip, not a gguf")
+    with pytest.raises(CheckpointError, match="not a GGUF file"):
+        al.load(bad)
+
+
+def test_truncated_gguf(tmp_path):
+    src = assets.asset_path(assets.SMOLLM2_GGUF)
+    bad = tmp_path / "truncated.gguf"
+    with open(src, "rb") as f:
+        bad.write_bytes(f.read(1_000_000))
+    with pytest.raises(CheckpointError, match="truncated or corrupt GGUF"):
+        al.load(bad)
+
+
+def test_other_file_type(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 16)
+    with pytest.raises(ValueError, match="not a .gguf"):
+        al.load(tmp_path / "weights.bin")
+
+
+def test_hf_directory_without_weights(tmp_path):
+    hf_model("mha").config.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+        al.load(tmp_path)
+
+
+def test_hf_directory_wrong_shape_names_the_tensor(tmp_path):
+    hf = hf_model("mha")
+    hf.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["intermediate_size"] = 200
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"layers.0.feed_forward.w1.weight has shape \[192, 64\], expected \[200, 64\]"):
+        al.weights.read_hf_dir(tmp_path)
+
+
+def test_meta_checkpoint_missing_tensor(tmp_path):
+    ckpt = save_meta_checkpoint(hf_model("mha"), tmp_path)
+    sd = torch.load(ckpt / "consolidated.00.pth", weights_only=True)
+    del sd["layers.1.attention.wk.weight"]
+    torch.save(sd, ckpt / "consolidated.00.pth")
+    with pytest.raises(CheckpointError, match=r"missing tensor layers.1.attention.wk.weight \(expected shape \[64, 64\]\)"):
+        al.weights.read_meta_dir(ckpt)
+
+
+class _RunsCode:
+    """An object whose unpickling would create a file: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    ckpt = save_meta_checkpoint(hf_model("mha"), tmp_path / "ckpt")
+    marker = tmp_path / "pwned"
+    sd = torch.load(ckpt / "consolidated.00.pth", weights_only=True)
+    sd["payload"] = _RunsCode(marker)
+    torch.save(sd, ckpt / "consolidated.00.pth")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        al.weights.read_meta_dir(ckpt)
+    assert not marker.exists(), "unpickling ran code from the checkpoint"
+
+
+def test_meta_directory_without_tokenizer(tmp_path):
+    ckpt = save_meta_checkpoint(hf_model("mha"), tmp_path / "a" / "ckpt")
+    with pytest.raises(CheckpointError, match="no tokenizer.model"):
+        al.load(ckpt)
+
+
+def test_directory_of_nothing(tmp_path):
+    with pytest.raises(CheckpointError, match="neither config.json"):
+        al.load(tmp_path)
+
+
+def test_tokenizer_larger_than_model(tmp_path, llama2_tokenizer_file):
+    hf_model("mha").save_pretrained(tmp_path)  # vocab 256
+    shutil.copy(llama2_tokenizer_file, tmp_path / "tokenizer.model")
+    with pytest.raises(ValueError, match="tokenizer has 32000 tokens but the model only 256"):
+        al.load(tmp_path)
+
+
+def test_hf_meta_names_roundtrip():
+    sd = hf_to_meta_state_dict(hf_model("gqa"))
+    assert "layers.1.feed_forward.w2.weight" in sd
+
+
+def test_hf_directory_with_tokenizer_json(tmp_path):
+    """A hub-style directory with tokenizer.json (no tokenizer.model): same ids as the GGUF's tokenizer."""
+    from annotated_llama.tokenizer import load_tokenizer
+
+    gguf_tok = load_tokenizer(assets.asset_path(assets.SMOLLM2_GGUF))
+    gguf_tok.hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.vocab_size) == (1, 2, False, 49152)
+    for text in ["The capital of France is", "  spaces\tand\nlines 12345", "naïve café 東京 🙂"]:
+        assert tok.encode(text) == gguf_tok.encode(text)
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_bundled_tokenizer_cache_equals_the_gguf():
+    from annotated_llama.tokenizer import load_tokenizer
+
+    _, cached = al.load("smollm2-135m", device="cpu")  # second and later loads use the JSON cache
+    fresh = load_tokenizer(assets.asset_path(assets.SMOLLM2_GGUF))
+    text = "Byte-level BPE: <|im_start|>user\nDigits 2024, émojis 🦙, and   runs of spaces."
+    assert cached.encode(text) == fresh.encode(text)
+    assert (cached.bos_id, cached.eos_id, cached.add_bos) == (fresh.bos_id, fresh.eos_id, fresh.add_bos)
