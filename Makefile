@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
-	$(PY) -m annotated_llama fetch
+	$(PY) -m annotated_llama fetch --prepare
 
 demo: setup
 	$(PY) -m annotated_llama generate "The capital of France is" --max-new-tokens 12

