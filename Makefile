@@ -7,7 +7,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
-export MPLBACKEND := Agg
 
 .PHONY: setup demo book test unit nbval notebooks bench clean
 
