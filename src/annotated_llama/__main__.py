@@ -32,12 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         assets.fetch()
         if args.prepare:
             from .loading import load
-            from .reference import transformers_model
+            from .reference import transformers_model, transformers_tokenizer
             from .tokenizer import llama2_tokenizer
 
             load("smollm2-135m", device="cpu")
             llama2_tokenizer()
             transformers_model("smollm2-135m", device="cpu")
+            transformers_tokenizer("smollm2-135m")
             print(f"caches ready in {assets.cache_dir()}")
         return 0
 

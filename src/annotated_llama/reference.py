@@ -51,11 +51,19 @@ def transformers_model(source: str | Path = "smollm2-135m", *, device=None, dtyp
 
 
 def transformers_tokenizer(source: str | Path = "smollm2-135m"):
-    """transformers' own tokenizer for ``source`` (for the bundled model: built by transformers from the GGUF)."""
+    """transformers' own tokenizer for ``source`` (for the bundled model: built by transformers from the GGUF,
+    then saved in the cache, since rebuilding it from the GGUF takes seconds)."""
     from transformers import AutoTokenizer
 
     _quiet_transformers()
     if isinstance(source, str) and source.lower() in BUNDLED:
         gguf = assets.asset_path(BUNDLED[source.lower()])
-        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        directory = assets.cache_dir() / (gguf.stem + ".transformers-tokenizer")
+        if not (directory / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            partial = directory.with_suffix(".part")
+            shutil.rmtree(partial, ignore_errors=True)
+            tokenizer.save_pretrained(partial)
+            partial.rename(directory)
+        source = directory
     return AutoTokenizer.from_pretrained(source)
