@@ -134,3 +134,11 @@ def test_dtype_and_device_arguments():
     assert (dev.type, dt) == ("cpu", torch.bfloat16)
     with pytest.raises(ValueError, match="unknown dtype 'float8'"):
         al.loading.resolve_device_dtype("cpu", "float8")
+
+
+def test_cache_from_inference_mode_then_plain_call(gqa_model, tokens):
+    with torch.inference_mode():
+        gqa_model(tokens[:1, :5])
+    with torch.no_grad():  # the inference-mode cache cannot be written here; a new one must be made
+        out = gqa_model(tokens[:1, :5])
+    assert out.shape == (1, 5, 256)

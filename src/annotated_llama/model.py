@@ -226,7 +226,9 @@ class Transformer(nn.Module):
         self._validate(tokens, start_pos)
         batch, seq = tokens.shape
         cache = self.layers[0].attention.cache
-        if start_pos == 0 and (cache is None or cache.batch != batch):
+        # A cache made under torch.inference_mode() cannot be written outside it: start a new one then.
+        stale = cache is not None and cache.k.is_inference() and not torch.is_inference_mode_enabled()
+        if start_pos == 0 and (cache is None or cache.batch != batch or stale):
             self.setup_cache(batch, capacity=seq)
         tokens = tokens.to(self.device, torch.long)
         freqs_cis = self.freqs_cis(tokens.device)[start_pos : start_pos + seq]
