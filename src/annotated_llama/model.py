@@ -190,6 +190,13 @@ class Transformer(nn.Module):
             layer.attention.cache = None
         self.cache_len = 0
 
+    def _cache_reusable(self, batch: int) -> bool:
+        cache = self.layers[0].attention.cache
+        if cache is None or cache.batch != batch:
+            return False
+        # A cache made under torch.inference_mode() cannot be written outside it.
+        return torch.is_inference_mode_enabled() or not cache.k.is_inference()
+
     def _validate(self, tokens: torch.Tensor, start_pos: int) -> None:
         if not isinstance(tokens, torch.Tensor):
             raise ValueError(f"tokens must be a torch.LongTensor [batch, seq], got {type(tokens).__name__}")
@@ -225,10 +232,7 @@ class Transformer(nn.Module):
     def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         self._validate(tokens, start_pos)
         batch, seq = tokens.shape
-        cache = self.layers[0].attention.cache
-        # A cache made under torch.inference_mode() cannot be written outside it: start a new one then.
-        stale = cache is not None and cache.k.is_inference() and not torch.is_inference_mode_enabled()
-        if start_pos == 0 and (cache is None or cache.batch != batch or stale):
+        if start_pos == 0 and not self._cache_reusable(batch):
             self.setup_cache(batch, capacity=seq)
         tokens = tokens.to(self.device, torch.long)
         freqs_cis = self.freqs_cis(tokens.device)[start_pos : start_pos + seq]
