@@ -17,15 +17,14 @@ import time
 import torch
 
 import annotated_llama as al
-from annotated_llama import assets
 from annotated_llama.generate import generate_ids
 
 
 def load_transformers():
-    from transformers import LlamaForCausalLM
+    """transformers' LlamaForCausalLM on the same weights (transformers dequantized the GGUF itself)."""
+    from annotated_llama.reference import transformers_model
 
-    directory, name = str(assets.cache_dir()), assets.SMOLLM2_GGUF.name
-    return LlamaForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
+    return transformers_model("smollm2-135m", device="cpu", dtype=torch.float32)
 
 
 @torch.inference_mode()
