@@ -3,7 +3,7 @@ Hugging Face and Meta checkpoints; the KV cache against one full pass; input val
 
 import pytest
 import torch
-from helpers import CONFIGS, hf_model, save_meta_checkpoint
+from helpers import CONFIGS, hf_model, hf_to_meta_state_dict, save_meta_checkpoint
 
 import annotated_llama as al
 from annotated_llama.model import attention_probabilities
@@ -57,14 +57,16 @@ def test_permutations_are_inverse():
     assert torch.equal(al.weights.unpermute_hf(al.weights.permute_meta_to_hf(w, 8), 8), w)
 
 
-@pytest.fixture(scope="module")
-def gqa_model():
-    hf = hf_model("gqa")
-    from helpers import hf_to_meta_state_dict
-
+def gqa_from(hf):
+    """Our model on the weights of transformers' "gqa" test model (context shortened to 64)."""
     args = al.ModelArgs(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=256, hidden_dim=344,
                         norm_eps=1e-6, max_seq_len=64)
     return al.loading.build_model(args, hf_to_meta_state_dict(hf), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def gqa_model():
+    return gqa_from(hf_model("gqa"))
 
 
 def test_kv_cache_equals_one_pass(gqa_model, tokens):
@@ -86,17 +88,12 @@ def test_cache_grows_past_its_first_capacity(gqa_model):
 
 
 def test_attention_probabilities_match_transformers():
-
     hf = hf_model("gqa")
     hf.config._attn_implementation = "eager"  # eager attention returns its weights
     tokens = torch.randint(0, 256, (1, 9))
     with torch.no_grad():
         want = hf(tokens, output_attentions=True).attentions[0]  # layer 0, [1, heads, 9, 9]
-    from helpers import hf_to_meta_state_dict
-
-    args = al.ModelArgs(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=256, hidden_dim=344,
-                        norm_eps=1e-6, max_seq_len=64)
-    model = al.loading.build_model(args, hf_to_meta_state_dict(hf), torch.device("cpu"), torch.float32)
+    model = gqa_from(hf)
     attn = model.layers[0].attention
     x = model.layers[0].attention_norm(model.tok_embeddings(tokens))
     freqs = model.freqs_cis(x.device)[:9]
