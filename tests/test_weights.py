@@ -183,3 +183,20 @@ def test_bundled_tokenizer_cache_equals_the_gguf():
     text = "Byte-level BPE: <|im_start|>user\nDigits 2024, émojis 🦙, and   runs of spaces."
     assert cached.encode(text) == fresh.encode(text)
     assert (cached.bos_id, cached.eos_id, cached.add_bos) == (fresh.bos_id, fresh.eos_id, fresh.add_bos)
+
+
+def test_streamed_text_keeps_sentencepiece_spaces(tmp_path, llama2_tokenizer_file):
+    """Decoding new SentencePiece ids alone drops the space of a leading '▁' piece; the streamed text must
+    equal the continuation cut from decoding prompt and continuation together."""
+    from annotated_llama.generate import generate_ids
+
+    hf = hf_model("gqa", vocab_size=32000)
+    hf.save_pretrained(tmp_path)
+    shutil.copy(llama2_tokenizer_file, tmp_path / "tokenizer.model")
+    model, tok = al.load(tmp_path, device="cpu")
+    prompt = "The capital of France is"
+    ids = tok.encode(prompt)
+    new = list(generate_ids(model, ids, 12))
+    text = al.generate(model, tok, prompt, max_new_tokens=12)
+    assert text == tok.decode(ids + new)[len(tok.decode(ids)):]
+    assert "".join(al.stream(model, tok, prompt, max_new_tokens=12)) == text
