@@ -11,31 +11,44 @@ Variants (all greedy, batch 1, the same weight tensors in one process):
                        length is kept and reset between calls, which is what ``cache_implementation="static"``
                        does inside ``generate``
 
-Shapes: ``--shape llama2-7b`` builds a Llama-2-7B-shaped model with random weights directly on the GPU in bf16
-(no download); ``--shape smollm2-135m`` is the bundled model; ``--model ID_OR_PATH`` loads a real checkpoint with
-``al.load`` (e.g. meta-llama/Llama-2-7b-hf on Colab). transformers gets our tensors (q/k rows permuted into its
-rotate-half order; every other matrix is shared, not copied).
+Memory: the fast variants are built first, so the model's q/k/v and w1/w3 become row slices of the fused tensors
+and no unfused copy stays alive; transformers then runs on those same tensors (``reference.as_transformers``),
+except q/k, which it needs in another row order: they are permuted once into a copy (2 GB for a 7B model),
+instead of on every forward, which would slow transformers' every step. Each prompt length has its own FastLlama
+objects with a fixed cache length (prompt + new tokens, rounded up to 256), as transformers' StaticCache has.
 
-Speeds: prefill tok/s = P / time of (prompt of P tokens -> first new token); decode tok/s = (N - 1) / (time for N
-new tokens - time for 1), the same prompt, so the prompt's cost cancels; over --reps, the median on a GPU and the
-fastest run on a CPU (usually a shared machine, where the fastest run is the least disturbed). Achieved weight
-bandwidth = bytes of the weights read per token (every matrix except the input embedding; the LM head counted
-even when tied) x decode tok/s, compared with a device-to-device copy (read + write) timed in the same run;
-prefill FLOP/s = 2 x those weights' parameters x prefill tok/s, compared with a dense matmul timed in the same run.
+Shapes: ``--shape smollm2-135m`` is the bundled model; any other preset name (``llama2-7b``) builds a model of that
+shape with random weights directly on the device in the benchmark's dtype (no download; ``--n-layers`` shrinks
+it); ``--model ID_OR_PATH`` loads a real checkpoint with ``al.load``.
 
-    python benchmarks/gpu_decode.py                       # CUDA: llama2-7b and smollm2-135m
-    python benchmarks/gpu_decode.py --device cpu          # CPU smoke test: bundled model, small prompts
-Results are printed and written into benchmarks/RESULTS.md (one section per device, one table per shape).
+Measurements: every variant is warmed up first (two full generations, so a CUDA graph is recorded before any
+timing, and its own tokens are fixed); then each repetition goes round all variants and prompt lengths, in the
+opposite order every other repetition, timing the prompt alone (1 new token) and the prompt with N new tokens.
+Prefill tok/s = P / time(1 token); decode tok/s = (N - 1) / (time(N) - time(1)), per repetition; reported: the
+median and the range (min-max) over repetitions. Every timed run must reproduce the variant's own warm-up tokens
+(else the run stops: a replayed graph computing something else is a bug, not a speed). Across variants, greedy
+tokens are compared with the readable model's: they may part only at a near tie (the readable model's top-2
+logit gap within the dtype's tolerance, ``reference.RELATIVE_TOLERANCE``); anything else stops the run.
+Achieved weight bandwidth = bytes of the weights read per token (every matrix but the input embedding; the LM
+head counted even when tied) x decode tok/s, against a device-to-device copy (read + write) timed in the same
+run; prefill FLOP/s = 2 x those weights' parameters x prefill tok/s (attention's FLOPs not counted), against a
+dense matmul timed in the same run. Targets (issue 9; meant for an H100/H200 in bf16, reported on any device):
+decode after the shortest prompt at >= 75% of the copy bandwidth, prefill of the longest prompt (2,048 tokens)
+at >= 50% of the matmul rate, each for the best of this package's variants. ``--prompts-compile`` limits the
+compiled variants to some prompt lengths (each length is one more compile).
+
+    python benchmarks/gpu_decode.py                       # CUDA: llama2-7b and smollm2-135m, bf16
+    python benchmarks/gpu_decode.py --device cpu          # CPU: bundled model, small prompts
+Each (device, shape, dtype) writes its own section of benchmarks/RESULTS.md (``--results`` for another file).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import copy
 import math
-import platform
-import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -44,49 +57,44 @@ import torch
 import annotated_llama as al
 from annotated_llama.fast import FastLlama
 from annotated_llama.generate import generate_ids
-from annotated_llama.weights import permute_meta_to_hf
+from annotated_llama.loading import resolve_device_dtype
+from annotated_llama.reference import RELATIVE_TOLERANCE, as_transformers
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-CPU_HEADING = "CPU (2 cores, this dev machine)"
+sys.path.insert(0, str(Path(__file__).parent))
+from results_md import RESULTS, machine_line, write_section  # noqa: E402
+
+VARIANTS = ("eager", "fast", "compile", "hf", "hf-compile")  # the names --skip takes
+DECODE_TARGET, PREFILL_TARGET = 0.75, 0.50  # of the copy bandwidth, of the matmul rate
 
 
 # --- the machine's limits ---------------------------------------------------------------------------------
-def sync(device: torch.device) -> None:
+def timed(fn, device: torch.device):
+    """(seconds, result) of fn(), the device drained before and after."""
     if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device) -> float:
-    """Seconds for fn(); CUDA events on a GPU, perf_counter on a CPU."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, result
 
 
 def copy_bandwidth(device: torch.device, reps: int = 10) -> float:
-    """Bytes per second of a large device-to-device copy, counting the read and the write."""
+    """Bytes per second of a large device-to-device copy, counting the read and the write (median of reps)."""
     n = (1 << 28) if device.type == "cuda" else (1 << 25)  # 1 GiB / 128 MiB of float32
     src = torch.empty(n, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    t = statistics.median(timed(lambda: dst.copy_(src), device) for _ in range(reps))
+    t = statistics.median(timed(lambda: dst.copy_(src), device)[0] for _ in range(reps))
     return 2 * n * src.element_size() / t
 
 
 def matmul_flops(device: torch.device, dtype: torch.dtype, reps: int = 10) -> float:
-    """FLOP/s of a dense square matmul in ``dtype`` (8192 on a GPU, 1024 on a CPU)."""
+    """FLOP/s of a dense square matmul in ``dtype`` (8192 on a GPU, 1024 on a CPU; median of reps)."""
     n = 8192 if device.type == "cuda" else 1024
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
-    t = statistics.median(timed(lambda: a @ b, device) for _ in range(reps))
+    t = statistics.median(timed(lambda: a @ b, device)[0] for _ in range(reps))
     return 2 * n**3 / t
 
 
@@ -100,10 +108,12 @@ def weight_bytes_per_token(model) -> int:
 
 
 # --- the models ---------------------------------------------------------------------------------------------
-def random_model(preset: str, device: torch.device, dtype: torch.dtype) -> al.Transformer:
-    """A model of the preset's shape with random weights, built on the meta device and materialised on
-    ``device`` in ``dtype`` (no float32 copy on the way)."""
+def random_model(preset: str, device: torch.device, dtype: torch.dtype, n_layers: int | None = None):
+    """A model of the preset's shape (``n_layers`` layers if given) with random weights, built on the meta device
+    and materialised on ``device`` in ``dtype`` (no float32 copy on the way)."""
     args = al.ModelArgs.preset(preset)
+    if n_layers:
+        args.n_layers = n_layers
     with torch.device("meta"):
         model = al.Transformer(args).to(dtype)
     model = model.to_empty(device=device)
@@ -111,7 +121,7 @@ def random_model(preset: str, device: torch.device, dtype: torch.dtype) -> al.Tr
         model.output.weight = model.tok_embeddings.weight
     gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.fill_(1.0)  # RMSNorm gains
             else:
@@ -119,39 +129,17 @@ def random_model(preset: str, device: torch.device, dtype: torch.dtype) -> al.Tr
     return model.eval().requires_grad_(False)
 
 
-def transformers_from_ours(model):
-    """transformers' LlamaForCausalLM on our tensors: q/k rows permuted into rotate-half order (a copy), the
-    rest shared."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+def transformers_on_our_tensors(model):
+    """``reference.as_transformers`` with q/k permuted once into a copy (see the module's docstring)."""
+    from torch.nn.utils import parametrize
 
-    a = model.args
-    config = LlamaConfig(
-        vocab_size=a.vocab_size, hidden_size=a.dim, intermediate_size=a.ffn_dim, num_hidden_layers=a.n_layers,
-        num_attention_heads=a.n_heads, num_key_value_heads=a.n_kv_heads, head_dim=a.head_dim,
-        max_position_embeddings=a.max_seq_len, rms_norm_eps=a.norm_eps, rope_theta=a.rope_theta,
-        tie_word_embeddings=a.tie_word_embeddings, dtype=model.dtype)
-    with torch.device("meta"):
-        hf = LlamaForCausalLM(config)
-    sd = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight,
-          "lm_head.weight": model.output.weight}
-    for i, layer in enumerate(model.layers):
-        at, ff, p = layer.attention, layer.feed_forward, f"model.layers.{i}."
-        sd.update({
-            p + "self_attn.q_proj.weight": permute_meta_to_hf(at.wq.weight, a.n_heads),
-            p + "self_attn.k_proj.weight": permute_meta_to_hf(at.wk.weight, a.n_kv_heads),
-            p + "self_attn.v_proj.weight": at.wv.weight, p + "self_attn.o_proj.weight": at.wo.weight,
-            p + "mlp.gate_proj.weight": ff.w1.weight, p + "mlp.up_proj.weight": ff.w3.weight,
-            p + "mlp.down_proj.weight": ff.w2.weight,
-            p + "input_layernorm.weight": layer.attention_norm.weight,
-            p + "post_attention_layernorm.weight": layer.ffn_norm.weight,
-        })
-    hf.load_state_dict({k: v.detach() for k, v in sd.items()}, strict=True, assign=True)
-    hf.model.rotary_emb = LlamaRotaryEmbedding(config).to(model.device)  # its buffers were on meta
-    hf.generation_config.pad_token_id = 0
+    hf = as_transformers(model)
+    for layer in hf.model.layers:
+        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+            parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
     hf.generation_config.eos_token_id = None  # random weights: never stop early
-    hf.generation_config.disable_compile = True  # no automatic compile: variant (d) compiles explicitly
-    return hf.eval().requires_grad_(False)
+    hf.generation_config.disable_compile = True  # no automatic compile: "hf static+compile" compiles explicitly
+    return hf
 
 
 # --- the variants: each is run(prompt [1, P] on the device, n) -> list of n new ids -------------------------
@@ -159,22 +147,28 @@ def cache_length(prompt_len: int, n: int) -> int:
     return math.ceil((prompt_len + n) / 256) * 256
 
 
-def variants(model, hf, device, skip: set[str]):
+def variants(model, prompt_lens, n, device, skip: set[str]):
+    """The variants to time, built in the order that keeps one copy of the weights (fused first):
+    {label: (run, the prompt lengths it runs)}."""
     out = {}
-    if "eager" not in skip:
-        out["ours eager"] = lambda prompt, n: list(generate_ids(model, prompt[0].tolist(), n))
     if "fast" not in skip:
-        fast = FastLlama(model, fuse=True)  # cache sized per request, rounded up to 256 positions
-        out["ours fast"] = lambda prompt, n: fast.generate(prompt[0], n)
+        fast = {p: FastLlama(model, fuse=True, max_seq_len=cache_length(p, n)) for p in prompt_lens["eager"]}
+        out["ours fast"] = (lambda prompt, k: fast[prompt.shape[1]].generate(prompt[0], k), prompt_lens["eager"])
     if "compile" not in skip:
-        fast_c = FastLlama(model, compile=True, fuse=True)
-        out["ours fast+compile"] = lambda prompt, n: fast_c.generate(prompt[0], n)
-    if hf is None:
+        fast_c = {p: FastLlama(model, compile=True, fuse=True, max_seq_len=cache_length(p, n))
+                  for p in prompt_lens["compile"]}
+        out["ours fast+compile"] = (lambda prompt, k: fast_c[prompt.shape[1]].generate(prompt[0], k),
+                                    prompt_lens["compile"])
+    if "eager" not in skip:  # the readable model, on the same (now fused-slice) weights
+        out = {"ours eager": (lambda prompt, k: list(generate_ids(model, prompt[0].tolist(), k)),
+                              prompt_lens["eager"]), **out}
+    if {"hf", "hf-compile"} <= skip:
         return out
+    hf = transformers_on_our_tensors(model)
 
     def hf_run(module, caches=None):
         @torch.inference_mode()  # the cache's tensors are created and reset in inference mode too
-        def run(prompt, n):
+        def run(prompt, k):
             kw = {}
             if caches is not None:  # one static cache per length, reset before each call
                 from transformers import StaticCache
@@ -184,158 +178,210 @@ def variants(model, hf, device, skip: set[str]):
                     caches[length] = StaticCache(config=module.config, max_cache_len=length)
                 caches[length].reset()
                 kw["past_key_values"] = caches[length]
-            ids = module.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
-                                  min_new_tokens=n, do_sample=False, **kw)
+            ids = module.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=k,
+                                  min_new_tokens=k, do_sample=False, **kw)
             return ids[0, prompt.shape[1]:].tolist()
         return run
 
     if "hf" not in skip:
-        out["hf eager"] = hf_run(hf)
+        out["hf eager"] = (hf_run(hf), prompt_lens["eager"])
     if "hf-compile" not in skip:
-        hf_c = transformers_from_ours(model)  # a second wrapper on the same tensors (q/k: one more copy)
-        hf_c.forward = torch.compile(hf_c.forward, mode="reduce-overhead" if device.type == "cuda" else None,
+        hf_c = copy.copy(hf)  # the same modules and tensors; only its forward differs
+        hf_c.forward = torch.compile(hf.forward, mode="reduce-overhead" if device.type == "cuda" else None,
                                      fullgraph=True)
-        out["hf static+compile"] = hf_run(hf_c, caches={})
+        out["hf static+compile"] = (hf_run(hf_c, caches={}), prompt_lens["compile"])
     return out
 
 
-def measure_all(runs, prompts, n, device, reps, log):
-    """{(label, P): (prefill tok/s, decode tok/s, the n greedy ids)}.
+# --- agreement ----------------------------------------------------------------------------------------------
+def check_against_readable(model, prompt: torch.Tensor, ref: list[int], ids: list[int], label: str) -> str:
+    """'same', or 'near tie at token j' where ``ids`` leaves the readable model's greedy tokens ``ref`` at a step
+    whose top-2 logit gap is within twice the dtype's tolerance; raises on any other difference."""
+    j = next((i for i, (a, b) in enumerate(zip(ids, ref)) if a != b), None)
+    if j is None:
+        return "same"
+    with torch.inference_mode():
+        fed = torch.tensor([ref[:j]], dtype=torch.long, device=prompt.device)  # [1, j]: the agreed tokens
+        logits = model(torch.cat([prompt, fed], dim=1), last_only=True)[0, -1]  # [vocab]
+    top2 = logits.float().topk(2).values
+    gap, slack = (top2[0] - top2[1]).item(), 2 * RELATIVE_TOLERANCE[model.dtype] * logits.abs().max().item()
+    if gap > slack:
+        raise RuntimeError(f"{label}, prompt of {prompt.shape[1]}: greedy token {j} is {ids[j]}, the readable "
+                           f"model's is {ref[j]}, with a top-2 gap of {gap:.3g} > {slack:.3g}: not a near tie")
+    return f"near tie at token {j}"
 
-    Every variant is warmed up (and compiled) first; then the timed repetitions go round all variants and
-    prompts in turn, so that a change in the machine's speed (a shared CPU) hits every variant alike. Each
-    repetition times the prompt alone (1 new token) and the prompt with n new tokens."""
-    ids, times, failed = {}, {}, {}
-    for label, run in runs.items():
-        for p, prompt in prompts.items():
+
+# --- measuring ----------------------------------------------------------------------------------------------
+def measure_all(runs, prompts, n, device, reps, log):
+    """{(label, P): dict(prefill=[tok/s per rep], decode=[tok/s per rep], ids=[the n greedy ids])}."""
+    ids, failed = {}, {}
+    for label, (run, lengths) in runs.items():
+        for p in lengths:
+            prompt = prompts[p]
             start = time.perf_counter()
             try:
-                ids[label, p] = run(prompt, n)
-                run(prompt, 1)
-                times[label, p] = ([], [])
+                first = run(prompt, n)
+                again = run(prompt, n)  # CUDA graphs: the first call warms up, the second records
+                if again != first or run(prompt, 1) != first[:1]:
+                    raise RuntimeError(f"{label}, prompt of {p}: a second greedy run gave other tokens")
+                ids[label, p] = first
                 log(f"{label:<18} prompt {p:>5}: warm ({time.perf_counter() - start:.0f} s, compiles included)")
-            except Exception as e:  # one variant failing (a compile error, say) should not lose the rest
+            except Exception as e:  # one variant failing to build (a compile error, say) should not lose the rest
                 failed[label, p] = f"{type(e).__name__}: {e}"
                 log(f"{label:<18} prompt {p:>5}: failed: {failed[label, p]}"[:400])
-    for _ in range(reps):
-        for (label, p), (t_first, t_all) in times.items():
-            run, prompt = runs[label], prompts[p]
-            t_first.append(timed(lambda: run(prompt, 1), device))
-            t_all.append(timed(lambda: run(prompt, n), device))
-    # a GPU is ours alone: the median; a CPU is often shared: the least-disturbed (fastest) run
-    pick = statistics.median if device.type == "cuda" else min
+    order = list(ids)
+    times = {key: ([], []) for key in order}
+    for r in range(reps):
+        for label, p in (order if r % 2 == 0 else order[::-1]):  # alternating order: drift hits all alike
+            run, prompt = runs[label][0], prompts[p]
+            t1, one = timed(lambda: run(prompt, 1), device)
+            tn, all_ = timed(lambda: run(prompt, n), device)
+            if one != ids[label, p][:1] or all_ != ids[label, p]:
+                raise RuntimeError(f"{label}, prompt of {p}: repetition {r} gave other tokens than the warm-up")
+            times[label, p][0].append(t1)
+            times[label, p][1].append(tn)
     out = {}
-    for (label, p), (t_first, t_all) in times.items():
-        t1, tn = pick(t_first), pick(t_all)
-        decode = (n - 1) / (tn - t1) if tn > t1 else float("nan")  # nan: noise swamped the difference
-        out[label, p] = (p / t1, decode, ids[label, p])
+    for key, (t_first, t_all) in times.items():
+        p = key[1]
+        decode = [(n - 1) / (tn - t1) if tn > t1 else float("nan") for t1, tn in zip(t_first, t_all)]
+        out[key] = dict(prefill=[p / t for t in t_first], decode=decode, ids=ids[key])
     return out, failed
 
 
-# --- RESULTS.md ---------------------------------------------------------------------------------------------
-INTRO = """# Benchmark results
-
-Written by `benchmarks/gpu_decode.py` (one section per device, one table per model shape; re-running replaces
-that table). Batch 1, greedy. Prefill tok/s: prompt of P tokens to the first new token. Decode tok/s: (N - 1) /
-(time for N new tokens - time for 1); median of the repetitions on a GPU, fastest on a CPU. Weight GB/s: bytes
-of weights read per token x decode tok/s; the copy bandwidth (read + write) and the matmul rate were measured in
-the same run.
-"""
+def spread(values: list[float], fmt: str) -> str:
+    """'median [min-max]' of the finite values."""
+    v = [x for x in values if math.isfinite(x)]
+    if not v:
+        return "nan"
+    return f"{format(statistics.median(v), fmt)} [{format(min(v), fmt)}-{format(max(v), fmt)}]"
 
 
-def update_results(heading: str, sub: str, body: str, note: str = "") -> None:
-    text = RESULTS.read_text() if RESULTS.is_file() else INTRO
-    parts = re.split(r"(?m)^(?=## )", text)
-    intro, sections = parts[0], {p.splitlines()[0][3:].strip(): p for p in parts[1:]}
-    section = sections.get(heading, f"## {heading}\n\n{note}\n\n" if note else f"## {heading}\n\n")
-    subs = re.split(r"(?m)^(?=### )", section)
-    head, tables = subs[0], [s for s in subs[1:] if s.splitlines()[0][4:].strip() != sub]
-    sections[heading] = head + "".join(tables) + f"### {sub}\n\n{body.rstrip()}\n\n"
-    RESULTS.write_text(intro.rstrip() + "\n\n" + "".join(s.rstrip() + "\n\n" for s in sections.values()))
+def median(values: list[float]) -> float:
+    v = [x for x in values if math.isfinite(x)]
+    return statistics.median(v) if v else float("nan")
 
 
+# --- main ---------------------------------------------------------------------------------------------------
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--shape", action="append", choices=["llama2-7b", "smollm2-135m"],
-                        help="model shape(s); default: both on CUDA, smollm2-135m on CPU")
+    parser.add_argument("--dtype", default=None, help="default: bf16 on GPUs that have it natively, fp16 on "
+                        "older ones, float32 on a CPU")
+    parser.add_argument("--shape", action="append", help="model shape(s): smollm2-135m (the bundled model) or a "
+                        "preset name (random weights); default: llama2-7b and smollm2-135m on CUDA, "
+                        "smollm2-135m on CPU")
+    parser.add_argument("--n-layers", type=int, help="random shapes only: this many layers")
     parser.add_argument("--model", help="a real checkpoint for al.load instead of --shape")
     parser.add_argument("--prompts", default=None, help="prompt lengths, default 128,2048 (CUDA) / 16,64 (CPU)")
+    parser.add_argument("--prompts-compile", default=None, help="prompt lengths for the compiled variants (each "
+                        "length is one more compile), default: all of --prompts")
     parser.add_argument("--new-tokens", type=int, default=None, help="N, default 128 (CUDA) / 32 (CPU)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions, default 5")
-    parser.add_argument("--skip", default="", help="comma-separated: eager,fast,compile,hf,hf-compile")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    parser.add_argument("--skip", default="", help=f"comma-separated: {','.join(VARIANTS)}")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the results file (default: %(default)s)")
+    parser.add_argument("--no-write", action="store_true", help="print only, write no results file")
     a = parser.parse_args()
-    device = torch.device(a.device)
+    device, dtype = resolve_device_dtype(a.device, a.dtype)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
-    prompts = [int(p) for p in (a.prompts or ("128,2048" if cuda else "16,64")).split(",")]
+    prompt_lens = [int(p) for p in (a.prompts or ("128,2048" if cuda else "16,64")).split(",")]
+    lens = {"eager": prompt_lens, "compile": [int(p) for p in a.prompts_compile.split(",")] if a.prompts_compile
+            else prompt_lens}
+    if not set(lens["compile"]) <= set(prompt_lens):
+        parser.error("--prompts-compile must be a subset of --prompts")
     n_new = a.new_tokens or (128 if cuda else 32)
     reps = a.reps or 5
     skip = set(filter(None, a.skip.split(",")))
-    dtype = torch.bfloat16 if cuda else torch.float32
+    if skip - set(VARIANTS):
+        parser.error(f"unknown --skip {sorted(skip - set(VARIANTS))}; known: {', '.join(VARIANTS)}")
     shapes = [a.model] if a.model else (a.shape or (["llama2-7b", "smollm2-135m"] if cuda else ["smollm2-135m"]))
-    if not cuda and "llama2-7b" in shapes:
-        parser.error("--shape llama2-7b needs a GPU (27 GB of float32 weights); use --device cuda")
+    if not cuda and "llama2-7b" in shapes and not a.n_layers:
+        parser.error("--shape llama2-7b needs a GPU (27 GB of float32 weights); add --n-layers 1 for a CPU trial")
 
-    name = torch.cuda.get_device_name(device) if cuda else CPU_HEADING
+    device_name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    dname = str(dtype).removeprefix("torch.")
     copy_bw, flops = copy_bandwidth(device), matmul_flops(device, dtype)
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     import transformers
 
-    env = (f"torch {torch.__version__}, transformers {transformers.__version__}"
-           + (f", CUDA {torch.version.cuda}" if cuda else f", {torch.get_num_threads()} threads, "
-              f"{platform.processor() or platform.machine()}"))
-    print(f"{name}: {env}")
-    print(f"copy bandwidth (read + write): {copy_bw / 1e9:.1f} GB/s; dense {str(dtype)[6:]} matmul: "
-          f"{flops / 1e12:.2f} TFLOP/s")
+    env = f"transformers {transformers.__version__}"
+    machine = machine_line()  # the load at the start of the run
+    print(machine)
+    print(f"{device_name}: copy bandwidth (read + write) {copy_bw / 1e9:.1f} GB/s; dense {dname} matmul "
+          f"{flops / 1e12:.2f} TFLOP/s; {env}")
 
     for shape in shapes:
-        if shape == "llama2-7b":
-            model = random_model(shape, device, dtype)
-        else:
+        start = time.perf_counter()
+        if a.model:
             model, _ = al.load(shape, device=device, dtype=dtype)
+        elif shape == "smollm2-135m":
+            model, _ = al.load(shape, device=device, dtype=dtype)
+        else:
+            model = random_model(shape, device, dtype, a.n_layers)
+        shrunk = a.n_layers and shape != "smollm2-135m" and not a.model
+        label = shape + (f" ({a.n_layers} of {al.ModelArgs.preset(shape).n_layers} layers)" if shrunk else "")
         model.check_inputs = False  # the token-range check costs a host sync per step
-        wbytes = weight_bytes_per_token(model)
-        hf = None if {"hf", "hf-compile"} <= skip else transformers_from_ours(model)
-        runs = variants(model, hf, device, skip)
+        wbytes, wparams = weight_bytes_per_token(model), weight_bytes_per_token(model) // dtype.itemsize
+        runs = variants(model, lens, n_new, device, skip)
         gen = torch.Generator().manual_seed(0)
-        prompt_ids = {p: torch.randint(0, model.args.vocab_size, (1, p), generator=gen).to(device) for p in prompts}
-        results, failed = measure_all(runs, prompt_ids, n_new, device, reps, lambda m: print(f"{shape:>14} {m}"))
+        prompts = {p: torch.randint(0, model.args.vocab_size, (1, p), generator=gen).to(device) for p in prompt_lens}
+        results, failed = measure_all(runs, prompts, n_new, device, reps, lambda m: print(f"{label:>14} {m}"))
+        if failed:
+            print(f"{label}: {len(failed)} variant(s) failed to run; they are marked in the table")
+
+        ref_label = "ours eager" if "ours eager" in runs else next(iter(runs))
         rows = []
-        for label in runs:
-            for p in prompts:
-                if (label, p) in failed:
-                    rows.append((label, p, float("nan"), float("nan"), float("nan"), None))
+        for name, (_, lengths) in runs.items():
+            for p in lengths:
+                if (name, p) in failed or (name, p) not in results:
+                    rows.append(f"| {name} | {p} | failed | | | | | {failed.get((name, p), '')[:80]} |")
                     continue
-                pre, dec, ids = results[label, p]
-                first = next(results[v, p][2] for v in runs if (v, p) in results)
-                rows.append((label, p, pre, dec, wbytes * dec, ids == first))
-                print(f"{shape:>14} {label:<18} prompt {p:>5}: prefill {pre:9.1f} tok/s, decode {dec:7.2f} tok/s, "
-                      f"weights {wbytes * dec / 1e9:7.1f} GB/s ({wbytes * dec / copy_bw:5.1%} of copy), "
-                      f"greedy ids as the first variant's: {ids == first}")
-        body = [f"Measured {when} on {name}; {env}.",
-                f"{shape}, {str(dtype)[6:]}: {wbytes / 1e9:.3f} GB of weights read per token; {n_new} new tokens; "
-                f"{'median' if cuda else 'best'} of {reps}.",
-                f"Copy bandwidth (read + write) {copy_bw / 1e9:.1f} GB/s, so at most "
-                f"{copy_bw / wbytes:.1f} tok/s at batch 1; dense {str(dtype)[6:]} matmul {flops / 1e12:.2f} TFLOP/s.",
-                "", "| variant | prompt | prefill tok/s | prefill TFLOP/s | decode tok/s | weight GB/s | of copy bw "
-                "| same greedy ids |", "|---|---:|---:|---:|---:|---:|---:|:-:|"]
-        for label, p, pre, dec, bw, same in rows:
-            agree = "failed" if same is None else "yes" if same else "no"
-            body.append(f"| {label} | {p} | {pre:.1f} | {2 * wbytes / model.dtype.itemsize * pre / 1e12:.3f} "
-                        f"| {dec:.2f} | {bw / 1e9:.1f} | {bw / copy_bw:.0%} | {agree} |")
+                res = results[name, p]
+                ref = results.get((ref_label, p))
+                agree = "reference" if name == ref_label else (
+                    check_against_readable(model, prompts[p], ref["ids"], res["ids"], name) if ref else "n/a")
+                pre, dec = median(res["prefill"]), median(res["decode"])
+                rows.append(f"| {name} | {p} | {spread(res['prefill'], '.1f')} | {2 * wparams * pre / 1e12:.3f} "
+                            f"({2 * wparams * pre / flops:.0%}) | {spread(res['decode'], '.2f')} | "
+                            f"{wbytes * dec / 1e9:.1f} ({wbytes * dec / copy_bw:.0%}) | {agree} |")
+                print(f"{label:>14} {rows[-1]}")
+
+        # the targets: our best decode after the shortest prompt, our best prefill of the longest
+        target_lines = []
+        for what, p, key, scale, limit, target in (
+                ("decode", min(prompt_lens), "decode", wbytes, copy_bw, DECODE_TARGET),
+                ("prefill", max(prompt_lens), "prefill", 2 * wparams, flops, PREFILL_TARGET)):
+            ours = {v: median(results[v, p][key]) for v in runs if v.startswith("ours") and (v, p) in results}
+            if not ours:
+                continue
+            best = max(ours, key=lambda v: ours[v] if math.isfinite(ours[v]) else -1.0)
+            frac = scale * ours[best] / limit
+            verdict = "met" if frac >= target else "not met"
+            target_lines.append(f"- {what} ({best}, prompt of {p}): {frac:.0%} of the "
+                                f"{'copy bandwidth' if what == 'decode' else 'matmul rate'} (target >= "
+                                f"{target:.0%}): **{verdict}**")
+            print(f"{label:>14} target: {target_lines[-1][2:]}")
+
+        body = [
+            f"## gpu_decode.py: {label}, {dname}, on {device_name}", "",
+            machine + f" {env}.", "",
+            f"{label}, {dname}: {wbytes / 1e9:.3f} GB of weights read per token; {n_new} new tokens per run; "
+            f"{reps} repetitions in alternating order, **median [min-max]** over them. Copy bandwidth (read + "
+            f"write) {copy_bw / 1e9:.1f} GB/s, so at most {copy_bw / wbytes:.1f} tok/s at batch 1; dense {dname} "
+            f"matmul {flops / 1e12:.2f} TFLOP/s. Build and measure: {time.perf_counter() - start:.0f} s.", "",
+            "| variant | prompt | prefill tok/s | prefill TFLOP/s (of matmul) | decode tok/s | weight GB/s (of copy) "
+            "| greedy ids vs ours eager |",
+            "|---|---:|---:|---:|---:|---:|:-:|", *rows, "",
+        ]
+        if target_lines:
+            body += [f"Targets (issue 9, set for an H100/H200 in bf16; this run: {device_name}, {dname}):",
+                     *target_lines]
         if not a.no_write:
-            note = ("No GPU was available in the session that wrote this section, so the GPU figures are\n"
-                    "unmeasured: run this script on a GPU to add them. The CPU is shared with other jobs:\n"
-                    "repeated runs differ by several percent.") if not cuda else ""
-            update_results(name, f"{shape} ({str(dtype)[6:]})", "\n".join(body), note)
-        del runs, hf, model, results
+            write_section(f"gpu_decode {device_name} {label} {dname}", "\n".join(body), path=a.results)
+            print(f"written to {a.results}")
+        del runs, model, results
         if cuda:
             torch.cuda.empty_cache()
-    if not a.no_write:
-        print(f"written to {RESULTS}")
 
 
 if __name__ == "__main__":

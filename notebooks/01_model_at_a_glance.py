@@ -20,13 +20,12 @@
 # those alone we can count every parameter exactly and predict the shape of every tensor
 # that flows through the model. We do both for the bundled model, SmolLM2-135M, and for
 # Llama-2-7B, and then check the predictions: the count against transformers' own model,
-# the shapes by watching one real forward pass of "The capital of France is" on its way to
-# " Paris".
+# the shapes by watching one real forward pass of "The capital of France is".
 
 # %% [markdown]
 # ## Set-up
 
-# %%
+# %% tags=["remove-input"]
 import sys
 
 IN_COLAB = "google.colab" in sys.modules
@@ -34,33 +33,45 @@ if IN_COLAB:  # on Colab only: install the package, keeping Colab's own torch
     from IPython import get_ipython
 
     REPO = "git+https://github.com/annotated-llama/annotated-llama"
-    DEPS = 'numpy safetensors "gguf>=0.10" sentencepiece protobuf tokenizers'
+    DEPS = 'numpy safetensors "gguf>=0.16" sentencepiece protobuf tokenizers tiktoken'
     get_ipython().run_line_magic("pip", f'install -q --no-deps "annotated-llama @ {REPO}"')
     get_ipython().run_line_magic("pip", f"install -q {DEPS}")
     get_ipython().system("python -m annotated_llama fetch")
 
-# %%
+# %% tags=["remove-input"]
 import inspect
 import math
 import warnings
+from pathlib import PurePosixPath
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, Markdown, display
 
 import annotated_llama as al
-from annotated_llama.reference import transformers_model
+from annotated_llama.reference import RELATIVE_TOLERANCE, as_transformers, check_close
 
 # tqdm, imported by transformers, warns about missing notebook widgets
 warnings.filterwarnings("ignore", message="IProgress not found")
+torch.set_grad_enabled(False)  # inference only: no autograd graphs
 _ = torch.manual_seed(0)
 
-# %%
-MODEL = "smollm2-135m"  # the one line to change: e.g. "meta-llama/Llama-2-7b-hf" on a Colab GPU
+# %% [markdown]
+# The model is the bundled SmolLM2-135M (4-bit weights dequantized to float32, chapter 0) unless
+# you change the next cell. Any LLaMA runs here: a Hugging Face id, a local directory or a GGUF
+# file. Its weights in 16 bits take parameters × 2 bytes: `TinyLlama/TinyLlama-1.1B-Chat-v1.0`
+# (ungated, 2.05 GiB) or `meta-llama/Llama-3.2-1B` (gated, 2.30 GiB) fit a Colab T4;
+# `meta-llama/Llama-2-7b-hf` (12.55 GiB) and `meta-llama/Llama-3.1-8B` (14.96 GiB) need an L4 or
+# an A100. Chapter 0 has the full table.
 
 # %%
-model, tok = al.load(MODEL)
-print(f"{MODEL} on {model.device}, weights in {model.dtype}")
+MODEL = "smollm2-135m"  # the one line to change: see below for what fits which Colab GPU
+DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
+
+# %%
+model, tok = al.load(MODEL, dtype=DTYPE)
+name = PurePosixPath(str(MODEL)).name  # a short name for the tables: "smollm2-135m"
+print(f"{name} on {model.device}, weights in {model.dtype}")
 
 # %% [markdown]
 # ## The configuration
@@ -87,28 +98,30 @@ FIELDS = [  # (what it is, how to read it off a ModelArgs)
     ("output tied to embedding", lambda a: ["no", "yes"][a.tie_word_embeddings]),
 ]
 cell = '<td style="text-align:right; padding: 0 1em">{}</td>'.format
-rows = [f"<tr><td>{name}</td>{cell(get(small))}{cell(get(llama2))}</tr>"
-        for name, get in FIELDS]
+rows = [f"<tr><td>{field}</td>{cell(get(small))}{cell(get(llama2))}</tr>"
+        for field, get in FIELDS]
 th = '<th style="padding: 0 1em">{}</th>'.format
-head = f"<tr>{th('')}{th(MODEL)}{th('Llama-2-7B')}</tr>"
+head = f"<tr>{th('')}{th(name)}{th('Llama-2-7B')}</tr>"
 display(HTML(f"<table>{head}{''.join(rows)}</table>"))
 
 # %% [markdown]
 # The two models have the same architecture and very different proportions. Llama-2-7B has
 # a residual stream of 4096 numbers per token, 32 heads of 128 dimensions, and one key/value
-# head per query head (multi-head attention). The bundled model's stream is 576 wide, it
-# has 30 layers of 9 query heads of 64 dimensions, and its 9 query heads share 3 key/value
-# heads (grouped-query attention {cite}`ainslie2023gqa`, chapter 6). Its vocabulary is
-# larger (49,152 tokens against 32,000), its RoPE base θ ten times larger (chapter 5), and
-# its output layer reuses the token embedding instead of having its own matrix.
+# head per query head ({term}`multi-head attention <MHA>`). The bundled model's stream is 576
+# wide, it has 30 layers of 9 query heads of 64 dimensions, and its 9 query heads share 3
+# key/value heads ({term}`grouped-query attention <GQA>` {cite}`ainslie2023gqa`, chapter 6). Its
+# vocabulary is larger (49,152 tokens against 32,000), its RoPE base θ ten times larger (chapter
+# 5), and its output layer reuses the token embedding instead of having its own matrix
+# ({term}`tied embeddings <Tied embeddings>`).
 #
 # The head size is not a free parameter in either: `head_dim = dim / n_heads`, and the
 # query projection maps `dim` back to `n_heads · head_dim = dim`.
 
 # %%
-for name, a in [(MODEL, small), ("Llama-2-7B", llama2)]:
-    print(f"{name:>12}: head_dim = {a.dim} / {a.n_heads} = {a.head_dim};"
+for label, a in [(name, small), ("Llama-2-7B", llama2)]:
+    print(f"{label:>12}: head_dim = {a.dim} / {a.n_heads} = {a.head_dim};"
           f" n_heads / n_kv_heads = {a.n_heads // a.n_kv_heads}")
+    assert a.n_heads % a.n_kv_heads == 0  # query heads come in whole groups
 
 # %% [markdown]
 # ## Counting parameters exactly
@@ -145,9 +158,9 @@ def parameter_breakdown(a: al.ModelArgs) -> dict[str, int]:
     }
 
 
-def print_breakdown(name: str, parts: dict[str, int]) -> None:
+def print_breakdown(title: str, parts: dict[str, int]) -> None:
     total = sum(parts.values())
-    print(f"{name}")
+    print(title)
     for part, n in parts.items():
         print(f"  {part:<28}{n:>15,}  {100 * n / total:5.1f} %")
     print(f"  {'total':<28}{total:>15,}")
@@ -210,8 +223,11 @@ HF_NAMES = {  # a substring of transformers' parameter name -> our component
 
 def hf_breakdown(hf_model) -> dict[str, int]:
     counts = dict.fromkeys(HF_NAMES.values(), 0)
-    for name, p in hf_model.named_parameters():  # a tied weight is listed once
-        (part,) = [part for key, part in HF_NAMES.items() if key in name]
+    tied = hf_model.config.tie_word_embeddings
+    for pname, p in hf_model.named_parameters():
+        if tied and pname.startswith("lm_head"):
+            continue  # tied: the embedding matrix again, under a second name
+        (part,) = [part for key, part in HF_NAMES.items() if key in pname]
         counts[part] += p.numel()
     return counts
 
@@ -225,39 +241,48 @@ print("every component of Llama-2-7B matches transformers' parameter shapes")
 # buffer (`inv_freq`), our model as a table it builds on first use (chapter 5).
 
 # %%
-for name, _ in hf_llama2.named_buffers():
-    print("transformers buffer:", name)
+for bname, _ in hf_llama2.named_buffers():
+    print("transformers buffer:", bname)
 freqs = model.freqs_cis(model.device)  # [max_seq_len, head_dim / 2] complex
 print(f"our RoPE table: {tuple(freqs.shape)} {freqs.dtype}")
 is_parameter = any(p.data_ptr() == freqs.data_ptr() for p in model.parameters())
 print("a parameter?", is_parameter)
+assert not is_parameter and freqs.shape == (small.max_seq_len, small.head_dim // 2)
 
 # %% [markdown]
-# ### The bundled model
+# ### The loaded model
 #
-# Now the model we have loaded. Its weights are real, so the count can be checked against
-# the tensors themselves. Because the output layer is tied to the token embedding,
-# `model.output.weight` and `model.tok_embeddings.weight` are one tensor, and
+# Now the model we have loaded. Its weights are in memory, so the count can be checked against
+# the tensors themselves. Where the output layer is tied to the token embedding, as in the
+# bundled model, `model.output.weight` and `model.tok_embeddings.weight` are one tensor, and
 # `model.parameters()` lists it once.
 
 # %%
 parts_small = parameter_breakdown(small)
-print_breakdown(MODEL, parts_small)
+print_breakdown(name, parts_small)
 n_loaded = sum(p.numel() for p in model.parameters())
 print(f"sum(p.numel() for p in model.parameters()): {n_loaded:,}")
-print("output.weight is tok_embeddings.weight:",
-      model.output.weight is model.tok_embeddings.weight)
+is_tied = model.output.weight is model.tok_embeddings.weight
+print("output.weight is tok_embeddings.weight:", is_tied)
 assert n_loaded == sum(parts_small.values()) == al.count_parameters(small)
+assert is_tied == small.tie_word_embeddings
 
 # %% [markdown]
-# The same model as transformers reads it from the same file (`transformers_model`, the
-# reference every chapter checks against) has the same components:
+# The reference every chapter checks against is transformers' `LlamaForCausalLM` built around
+# our tensors: `as_transformers(model)` builds it from the configuration on the meta device,
+# then hands it our weights, which transformers accepts only if every tensor has the shape its
+# own code expects. No second copy of the weights is made (the output layer, when tied, is the
+# embedding's storage under transformers' second name `lm_head`). Its components:
 
 # %%
-hf = transformers_model(MODEL, device=model.device, dtype=model.dtype)
-assert hf_breakdown(hf) == parts_small
-n_hf_small = sum(p.numel() for p in hf.parameters())
-print(f"transformers: {n_hf_small:,} parameters, the same per component")
+hf = as_transformers(model)  # transformers' model code, our tensors
+parts_hf = hf_breakdown(hf)
+n_hf_loaded = sum(parts_hf.values())
+print(f"transformers: {n_hf_loaded:,} parameters")
+assert parts_hf == parts_small and n_hf_loaded == n_loaded
+if small.tie_word_embeddings:  # one matrix, two names: the same memory
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
+print("the same per component as the count by hand")
 
 # %% [markdown]
 # ## The FFN size: 2/3 · 4d, rounded up
@@ -319,14 +344,14 @@ GROUPS = {
     "norms": ["attention_norm + ffn_norm", "final norm"],
 }
 shares = {}  # model -> group -> % of all parameters
-for name, parts in [(MODEL, parts_small), ("Llama-2-7B", parts_llama2)]:
+for label, parts in [(name, parts_small), ("Llama-2-7B", parts_llama2)]:
     total = sum(parts.values())
-    shares[name] = {group: 100 * sum(parts[k] for k in keys) / total
-                    for group, keys in GROUPS.items()}
-    print(name)
-    for group, share in shares[name].items():
+    shares[label] = {group: 100 * sum(parts[k] for k in keys) / total
+                     for group, keys in GROUPS.items()}
+    print(label)
+    for group, share in shares[label].items():
         print(f"  {group:<20}{share:5.1f} %")
-    ratio = shares[name]["feed-forward"] / shares[name]["attention"]
+    ratio = shares[label]["feed-forward"] / shares[label]["attention"]
     print(f"  feed-forward / attention = {ratio:.2f}")
 
 # %%
@@ -351,9 +376,11 @@ ax.invert_yaxis()
 ax.legend(ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=9,
           frameon=False)
 plt.show()
+for n in names:  # the bars as text: each segment's width in %
+    print(f"{n:>12}: " + ", ".join(f"{g} {shares[n][g]:.0f} %" for g in colours))
 
 # %% [markdown]
-# The small model is embedding-heavy. Its embedding table, 49,152 × 576, is about a fifth
+# The bundled model is embedding-heavy. Its embedding table, 49,152 × 576, is about a fifth
 # of all its parameters (and it is used twice, as input embedding and as output layer),
 # while Llama-2-7B's two tables of 32,000 × 4096 are under 4 % of its parameters. The
 # table grows with `dim` only, the layers with `dim²`, so the larger the model, the more of
@@ -379,8 +406,9 @@ print(f"{len(ids)} tokens: {ids}")
 print([tok.id_to_piece(i) for i in ids])
 
 # %% [markdown]
-# Five tokens and no BOS: the SmolLM2 tokenizer does not add one (Llama 2's does, chapter
-# 2). The places to watch, by module name (layer 0 stands for every layer):
+# For the bundled model: five tokens and no {term}`BOS`, since the SmolLM2 tokenizer does not
+# add one (Llama 2's does, chapter 2). The places to watch, by module name (layer 0 stands for
+# every layer):
 
 # %%
 layer0 = model.layers[0]
@@ -424,8 +452,8 @@ for label, shape in shapes:
     print(f"{label:<38}{shape}")
 
 # %% [markdown]
-# Read with the configuration in hand, `[1, 5, ...]` is one sequence of five tokens, and the
-# last dimension is:
+# Read with the configuration in hand (the bundled model's, here), `[1, 5, ...]` is one
+# sequence of five tokens, and the last dimension is:
 #
 # - 576 = `dim` for the residual stream: the embedding, every norm output, the attention
 #   and feed-forward outputs that are added back, and each block's output;
@@ -436,7 +464,19 @@ for label, shape in shapes:
 # - 49,152 = `vocab_size` for the logits, one score per vocabulary entry at every position.
 #
 # Layer 29 returns the same shape as layer 0: the blocks never change the stream's shape,
-# which is what lets them be stacked.
+# which is what lets them be stacked. The same, for whichever model is loaded:
+
+# %%
+b, seq = tokens.shape
+q_width, kv_width = small.n_heads * small.head_dim, small.n_kv_heads * small.head_dim
+LAST_DIM = {  # every tensor not listed here is the residual stream's width, dim
+    "layer 0: q = wq(x)": q_width, "layer 0: heads concatenated": q_width,
+    "layer 0: k = wk(x)": kv_width, "layer 0: v = wv(x)": kv_width,
+    "layer 0: ffn hidden silu(w1 x)*w3 x": small.ffn_dim, "logits = output(.)": small.vocab_size,
+}
+for label, shape in shapes:
+    assert shape == (b, seq, LAST_DIM.get(label, small.dim)), label
+print(f"all {len(shapes)} shapes as the configuration predicts")
 
 # %% [markdown]
 # ## The next token
@@ -449,25 +489,26 @@ probs = torch.softmax(logits[0, -1].float(), dim=-1)  # [vocab]
 top = torch.topk(probs, 5)
 for p, i in zip(top.values.tolist(), top.indices.tolist()):
     print(f"{i:>6}  {tok.decode([i])!r:<12} {p:.3f}")
-assert tok.decode([top.indices[0].item()]).strip() == "Paris"
+assert torch.isclose(probs.sum(), torch.tensor(1.0), atol=1e-3)  # a distribution
 
 # %% [markdown]
-# " Paris" (with its leading space: it is one token, `ĠParis`) is the model's first choice.
+# For the bundled model " Paris" (with its leading space: it is one token, `ĠParis`) is the first
+# choice, with the probability printed above. That probability is the 4-bit model's: the
+# original 16-bit weights would give a somewhat different one, which this book does not
+# measure. (The cell asserts nothing about Paris: another model, or random weights, may well
+# answer differently.)
 #
 # Finally, the logits themselves against transformers' `LlamaForCausalLM` on the same
-# weights, for all five positions and all 49,152 vocabulary entries:
+# weights, for every position and every vocabulary entry. The two implementations add and round
+# in different orders, so they agree to a tolerance that depends on the dtype: relative to the
+# largest logit, 1e-5 in float32, and 32 times the unit roundoff of the 16-bit types ($2^{-11}$
+# for float16, $2^{-8}$ for bfloat16). `check_close` asserts it; the other chapters use it too.
 
 # %%
-with torch.no_grad():
-    hf_logits = hf(tokens).logits.float()  # [batch, seq, vocab]
-diff = (logits - hf_logits).abs().max().item()
-# float32 here; in bf16 (a GPU's default) every activation is rounded to 8
-# significant bits, and the two models' logits differ by up to about 1
-tol = 1e-4 if model.dtype == torch.float32 else 2.0
-print(f"logits {tuple(logits.shape)}")
-print(f"max |ours - transformers| < {tol:g}: {diff < tol}")
-assert diff < tol
-assert hf_logits[0, -1].argmax() == logits[0, -1].argmax()
+hf_logits = hf(tokens).logits  # [batch, seq, vocab]
+check_close(logits, hf_logits, model.dtype, "logits")
+print(f"logits {tuple(logits.shape)}, {model.dtype}: max |ours - transformers| / max |transformers|"
+      f" <= {RELATIVE_TOLERANCE[model.dtype]:.1e}")
 
 # %% [markdown]
 # ## What we have now
@@ -483,5 +524,5 @@ assert hf_logits[0, -1].argmax() == logits[0, -1].argmax()
 #   `[batch, seq, ffn_dim]`;
 # - logits `[batch, seq, vocab]` come out, and the last position's give the next token.
 #
-# Chapter 2 starts at the beginning: how the text "The capital of France is" became the ids
-# `[504, 3575, 282, 4649, 314]`.
+# Chapter 2 starts at the beginning: how the text "The capital of France is" became, for the
+# bundled model, the ids `[504, 3575, 282, 4649, 314]`.

@@ -15,22 +15,26 @@
 # %% [markdown]
 # # 2. Tokenizer
 #
-# Chapter 1 fed the model the ids `[504, 3575, 282, 4649, 314]` and got " Paris" back. This
-# chapter is about where such ids come from. A tokenizer cuts text into pieces from a fixed
-# vocabulary and replaces each piece by its index; the model never sees characters, only
-# these integers, and everything it knows about spelling it learned through them.
+# Chapter 1 fed the bundled model the ids `[504, 3575, 282, 4649, 314]` and got " Paris" back.
+# This chapter is about where such ids come from. A tokenizer cuts text into pieces from a
+# fixed {term}`vocabulary <Vocabulary>` and replaces each piece by its index; the model never
+# sees characters, only these integers ({term}`tokens <Token>`), and everything it knows about
+# spelling it learned through them.
 #
 # LLaMA models use two kinds of tokenizer. Llama 1 and 2 use SentencePiece
-# {cite}`kudo2018sentencepiece` with a byte-pair-encoding (BPE) model
+# {cite}`kudo2018sentencepiece` with a byte-pair-encoding ({term}`BPE`) model
 # {cite}`sennrich2016bpe` over Unicode characters, 32,000 pieces. Llama 3, and the bundled
 # SmolLM2, use GPT-2's byte-level BPE {cite}`radford2019gpt2`, which works on bytes. We take
-# both apart, rebuild their core loop in a few lines, and check them against independent
-# references: llama.cpp's test vectors for Llama 2, and transformers' tokenizer for SmolLM2.
+# both apart, rebuild their core loop in a few lines, learn a small vocabulary of our own, and
+# check each against a reference: llama.cpp's test vectors for Llama 2
+# {cite}`gerganov2023llamacpp`, transformers' tokenizer for SmolLM2, and the trainer of the
+# `tokenizers` library {cite}`huggingface2019tokenizers` for our training loop, each time
+# saying what the check shares with the code it checks.
 
 # %% [markdown]
 # ## Set-up
 
-# %%
+# %% tags=["remove-input"]
 import sys
 
 IN_COLAB = "google.colab" in sys.modules
@@ -38,35 +42,62 @@ if IN_COLAB:  # on Colab only: install the package, keeping Colab's own torch
     from IPython import get_ipython
 
     REPO = "git+https://github.com/annotated-llama/annotated-llama"
-    DEPS = 'numpy safetensors "gguf>=0.10" sentencepiece protobuf tokenizers'
+    DEPS = 'numpy safetensors "gguf>=0.16" sentencepiece protobuf tokenizers tiktoken'
     get_ipython().run_line_magic("pip", f'install -q --no-deps "annotated-llama @ {REPO}"')
     get_ipython().run_line_magic("pip", f"install -q {DEPS}")
     get_ipython().system("python -m annotated_llama fetch")
 
-# %%
+# %% tags=["remove-input"]
 import collections
 import inspect
+import json
 import warnings
 
 import matplotlib.pyplot as plt
+import regex
 import torch
 from IPython.display import Markdown, display
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 import annotated_llama as al
 from annotated_llama import assets
 from annotated_llama.reference import transformers_tokenizer
-from annotated_llama.tokenizer import (ByteLevelBPETokenizer, bpe_merge_steps,
-                                       bytes_to_unicode)
+from annotated_llama.tokenizer import (ByteLevelBPETokenizer, TiktokenTokenizer, bpe_merge_steps,
+                                       bpe_pieces, bytes_to_unicode)
 
 # tqdm, imported by transformers, warns about missing notebook widgets
 warnings.filterwarnings("ignore", message="IProgress not found")
 
-# %%
-MODEL = "smollm2-135m"  # the one line to change: e.g. "meta-llama/Llama-2-7b-hf" on a Colab GPU
+# %% [markdown]
+# The model is the bundled SmolLM2-135M unless you change the next cell. Any LLaMA runs here: a
+# Hugging Face id, a local directory or a GGUF file. Its weights in 16 bits take parameters × 2
+# bytes: `TinyLlama/TinyLlama-1.1B-Chat-v1.0` (ungated, 2.05 GiB) or `meta-llama/Llama-3.2-1B`
+# (gated, 2.30 GiB) fit a Colab T4; `meta-llama/Llama-2-7b-hf` (12.55 GiB) and
+# `meta-llama/Llama-3.1-8B` (14.96 GiB) need an L4 or an A100. Chapter 0 has the full table.
+# This chapter uses the model only for its tokenizer and, at the end, its embedding table.
 
 # %%
-model, tok = al.load(MODEL)
+MODEL = "smollm2-135m"  # the one line to change: see below for what fits which Colab GPU
+DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
+
+# %%
+model, tok = al.load(MODEL, dtype=DTYPE)
 print(tok)
+
+# %% [markdown]
+# The package reads three kinds of tokenizer file, all behind the same small interface
+# (`encode`, `decode`, `bos_id`, `eos_id`, `id_to_piece`): a SentencePiece `tokenizer.model`
+# (Llama 1 and 2, TinyLlama), a byte-level BPE stored in a GGUF file or a Hugging Face
+# `tokenizer.json` (the bundled SmolLM2, and Llama 3 as Hugging Face distributes it), and the
+# `tokenizer.model` of Meta's own Llama 3 download, which is the same byte-level BPE written in
+# the format of OpenAI's `tiktoken` library {cite}`openai2022tiktoken` and read with it
+# (`TiktokenTokenizer`). Whichever `MODEL` is loaded, its tokenizer gives text back unchanged:
+
+# %%
+SAMPLE = "The capital of France is Paris. In 2024, 🦙 and naïve café!"
+sample_ids = tok.encode(SAMPLE, bos=False)
+assert tok.decode(sample_ids) == SAMPLE
+print(f"{type(tok).__name__}: {len(sample_ids)} tokens, decode(encode(text)) == text")
 
 # %% [markdown]
 # ## The Llama 2 vocabulary
@@ -94,8 +125,8 @@ for kind in ["unknown", "control", "byte", "normal"]:
           f"{sp.id_to_piece(first)!r}")
 
 # %% [markdown]
-# Id 0 is `<unk>`, 1 and 2 are the control pieces `<s>` (BOS, beginning of sequence) and
-# `</s>` (EOS). Ids 3 to 258 are the 256 byte pieces `<0x00>` ... `<0xFF>`. The rest are
+# Id 0 is `<unk>`, 1 and 2 are the control pieces `<s>` ({term}`BOS`, beginning of sequence)
+# and `</s>` ({term}`EOS`). Ids 3 to 258 are the 256 byte pieces `<0x00>` ... `<0xFF>`. The rest are
 # ordinary pieces: whole words, pieces of words and single characters, where `▁` (U+2581)
 # stands for a space. Every piece has a score; for the normal pieces it is the order in
 # which training created them:
@@ -186,7 +217,11 @@ print(f"{sum(passed)} of {len(vectors)} test vectors reproduced")
 assert all(passed) and len(vectors) == 46
 
 # %% [markdown]
-# All 46 agree. A few of them, to see what they test:
+# All 46 agree. The expected ids come from Llama's original tokenizer; ours is the model file
+# the package rebuilt from llama.cpp's vocabulary. So this checks the rebuilt pieces, scores
+# and options. The merge algorithm is the `sentencepiece` library's on both sides, and the
+# from-scratch loop in the next section checks it independently. A few of the vectors, to see
+# what they test:
 
 # %%
 for text, ids in vectors:
@@ -280,6 +315,7 @@ assert mine == real
 assert sentencepiece_encode(PARAGRAPH) == sp.encode(PARAGRAPH, bos=False)
 with_digit = [p for p in SCORE if len(p) > 1 and any(c in "0123456789" for c in p)]
 print("pieces that join a digit 0-9 to anything else:", len(with_digit))
+assert not with_digit
 
 # %% [markdown]
 # The from-scratch loop matches SentencePiece on all of them, and on the whole paragraph at
@@ -315,6 +351,7 @@ def draw_merges(ax, steps, title):
 fig, ax = plt.subplots(figsize=(8, 4.5))
 draw_merges(ax, steps, 'BPE merges of "unbelievable" (Llama 2 vocabulary)')
 plt.show()
+print(f"{len(steps)} rows, from {' '.join(steps[0])!r} to {' '.join(steps[-1])!r}")
 
 # %% [markdown]
 # The merges are greedy: each step takes the best piece available and never reconsiders.
@@ -350,12 +387,39 @@ print("🦙 as bytes:", "".join(spelling[b] for b in "🦙".encode("utf-8")))
 # %% [markdown]
 # **Pre-tokenization.** Before any merge, a regular expression cuts the text into chunks:
 # words with the space in front of them, runs of punctuation, runs of spaces. Merges never
-# cross a chunk boundary. SmolLM2 first cuts every digit off on its own, so (like Llama 2)
-# it has no multi-digit tokens; GPT-2 keeps a run of digits in one chunk, and Llama 3 cuts
-# it into groups of up to three.
+# cross a chunk boundary.
 
 # %%
 print(smol.pre_tokenize("Hello world, it's 2024!\n"))
+
+# %% [markdown]
+# Each family has its own rules, and numbers show the differences best. The GGUF file names its
+# rule in a field, `tokenizer.ggml.pre`; llama.cpp's converter picks the name by recognising a
+# model's Hugging Face tokenizer from its output on a test text, and llama.cpp's rule of that
+# name, "smollm", first cuts out every digit on its own and then applies GPT-2's expression
+# {cite}`gerganov2023llamacpp`. The package does the same. GPT-2's expression alone keeps a run
+# of digits in one chunk; Llama 3's expression, which the package hands to `tiktoken` for Meta's
+# Llama 3 files, cuts it into groups of up to three. The three rules on one text, in byte-level
+# spelling:
+
+# %%
+print("this file's rule:", smol.pre)
+gpt2_rule = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+RULES = {
+    f"bundled ({smol.pre})": smol.pre_tokenize,
+    "GPT-2": lambda text: [chunk for chunk, _ in gpt2_rule.pre_tokenize_str(text)],
+    "Llama 3": lambda text: ["".join(spelling[b] for b in chunk.encode("utf-8"))
+                             for chunk in regex.findall(TiktokenTokenizer.PATTERN, text)],
+}
+for rule, cut in RULES.items():
+    print(f"{rule:<17}", cut("In 2024, 1234567 llamas"))
+digit_tokens = [t for t in smol.tokens if len(t) > 1 and any(c in "0123456789" for c in t)]
+print("bundled tokens that join a digit 0-9 to anything else:", len(digit_tokens))
+assert not digit_tokens
+
+# %% [markdown]
+# With every digit its own chunk, no merge can join a digit to anything, and the bundled
+# vocabulary has no token that does: like Llama 2, it spells every number digit by digit.
 
 # %% [markdown]
 # **Merges by rank.** Where SentencePiece compares scores, byte-level BPE has an ordered
@@ -393,14 +457,176 @@ for a, b in bpe_merge_steps(word, smol.ranks):
 assert symbols == [smol.id_to_piece(i) for i in smol.encode(" tokenization")]
 
 # %% [markdown]
-# The loop ends in the two pieces the real tokenizer gives, `Ġtoken` and `ization`.
+# The loop ends in the two pieces the real tokenizer gives, `Ġtoken` and `ization`. The same
+# loop in plain Python (the package's `bpe_pieces`, which replays `bpe_merge_steps`) against the
+# `tokenizers` library's BPE on whole texts; only the pre-tokenization into chunks comes from the
+# library here, the merges do not:
+
+# %%
+def python_bpe(text: str) -> list[int]:
+    """Chunks from the pre-tokenizer, then the merge loop above on each chunk."""
+    chunks = smol.pre_tokenize(text)
+    return [smol.piece_to_id(piece) for chunk in chunks for piece in bpe_pieces(chunk, smol.ranks)]
+
+
+TEXTS_PY = [PARAGRAPH, "naïve café, Schifffahrt, 東京 and 🦙", "def f(x):\n    return x ** 2\n"]
+for text in TEXTS_PY:
+    assert python_bpe(text) == smol.encode(text)
+print(f"the Python loop gives the library's ids on {len(TEXTS_PY)} texts,"
+      f" {sum(len(smol.encode(t)) for t in TEXTS_PY)} tokens")
+
+# %% [markdown]
+# ## How the merges are learned
+#
+# Both vocabularies above come with an order: SentencePiece's scores and the byte-level merge
+# list both record which merge training learned first. The training loop itself is the
+# original BPE algorithm {cite}`sennrich2016bpe`, and it is short. Split every word of a training
+# text into single characters. Count every pair of adjacent symbols, each word weighted by how
+# often it occurs. Merge the most frequent pair everywhere, which makes a new symbol, and write
+# the merge down. Repeat until the vocabulary is as large as wanted. The merge list, in order,
+# is the tokenizer.
+#
+# A toy corpus, written as SentencePiece writes it (a `▁` in front of every word):
+
+# %%
+CORPUS = (  # lower case, no punctuation: words are what the spaces separate
+    "the llama and the alpaca live high in the andes "
+    "a llama is taller than an alpaca and the llama carries the loads "
+    "the alpaca is kept for its wool but the llama for its strength "
+    "llamas and alpacas are cousins of the camel and the camel is the tallest"
+)
+WORDS = collections.Counter("▁" + word for word in CORPUS.split())  # word -> how often
+ALPHABET = sorted({c for word in WORDS for c in word})
+print(f"{sum(WORDS.values())} words, {len(WORDS)} different, {len(ALPHABET)} characters")
+print(WORDS.most_common(6))
+
+# %% [markdown]
+# The trainer, in plain Python. One rule needs a decision that the description above leaves
+# open: when several pairs are equally frequent, which is merged first? We take the pair whose
+# symbols entered the vocabulary first (characters in code-point order, then merged symbols in
+# the order they were made), the rule of the `tokenizers` library we compare with below.
+
+# %%
+def merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """Join every occurrence of pair, left to right."""
+    out, i = [], 0
+    while i < len(symbols):
+        if tuple(symbols[i:i + 2]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+def train_bpe(words: dict[str, int], n_merges: int):
+    """The first n_merges merges of BPE on words, each with its count, how many pairs tied for
+    it and the corpus's length in symbols after it; and the words' final split."""
+    split = {word: list(word) for word in words}  # every word as its current symbols
+    entered = {c: i for i, c in enumerate(sorted({c for word in words for c in word}))}
+    merges = []
+    for _ in range(n_merges):
+        counts = collections.Counter()
+        for word, n in words.items():
+            for pair in zip(split[word], split[word][1:]):
+                counts[pair] += n
+        best = max(counts.values())
+        tied = [pair for pair, n in counts.items() if n == best]
+        pair = min(tied, key=lambda p: (entered[p[0]], entered[p[1]]))  # oldest symbols first
+        entered.setdefault(pair[0] + pair[1], len(entered))
+        split = {word: merge_pair(symbols, pair) for word, symbols in split.items()}
+        length = sum(len(split[word]) * n for word, n in words.items())
+        merges.append((pair, best, len(tied), length))
+    return merges, split
+
+
+N_MERGES = 30
+toy_merges, toy_split = train_bpe(WORDS, N_MERGES)
+print(f"before any merge: {sum(len(word) * n for word, n in WORDS.items())} symbols")
+for k, ((a, b), count, tied, length) in enumerate(toy_merges, start=1):
+    if k <= 12 or k % 6 == 0:
+        note = f"  ({tied} pairs tied)" if tied > 1 else ""
+        print(f"merge {k:>2}: {a + ' + ' + b:<12} -> {a + b:<9} {count:>3} times,"
+              f" corpus {length} symbols{note}")
+
+# %% [markdown]
+# The first merge is `▁t`, a space followed by t, as in Llama 2's vocabulary (piece 260, score
+# −1) and the bundled model's (rank 0, `Ġ` + `t`): a space followed by t begins "the", "to",
+# "that" and many other frequent English words, and in this corpus "the" is the commonest
+# word. Then come `▁a`, `▁th`, `▁the`. Merge by merge, the frequent words become single
+# symbols and the corpus shrinks, which is what a tokenizer is for:
+
+# %%
+for word in ["▁the", "▁llama", "▁alpaca", "▁camel", "▁strength"]:
+    print(f"{word:<11} -> {toy_split[word]}")
+assert toy_split["▁llama"] == ["▁llama"] and toy_split["▁alpaca"] == ["▁alpaca"]
+
+# %% [markdown]
+# "▁llama" and "▁alpaca" are one symbol each; "▁strength", which occurs once, is still in
+# pieces. A real vocabulary is the same loop run tens of thousands of times on billions of words.
+#
+# **A check.** The `tokenizers` library, which builds the byte-level tokenizers above, has its own
+# trainer (`BpeTrainer`, written in Rust, counting pairs incrementally rather than afresh at every
+# step as we do). Trained on the same words for the same number of merges, with the words fed to
+# it one by one so that its pre-tokenizer cannot cut them differently:
+
+# %%
+trained = Tokenizer(models.BPE())
+trained.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+trainer = trainers.BpeTrainer(vocab_size=len(ALPHABET) + N_MERGES, show_progress=False)
+trained.train_from_iterator(["▁" + word for word in CORPUS.split()], trainer)
+library_merges = [tuple(m) for m in json.loads(trained.to_str())["model"]["merges"]]
+ours = [pair for pair, *_ in toy_merges]
+same = sum(a == b for a, b in zip(ours, library_merges))
+print(f"{same} of {len(ours)} merges the same, in the same order")
+assert library_merges == ours
+
+# %% [markdown]
+# All 30 agree, but only because both break ties the same way. The counts above show how often
+# that decides: from merge 5 on, most merges were picked among equally frequent pairs, nine of
+# them at merge 24. Training counts pairs, and nothing in the counts prefers one of two pairs
+# that both occur three times. A trainer that takes the tied pair it happened to count first
+# learns a different list after the first tie, equally valid:
+
+# %%
+def train_bpe_first_counted(words: dict[str, int], n_merges: int) -> list[tuple[str, str]]:
+    """The same loop, but a tie goes to the pair counted first (the order of the words)."""
+    split, merges = {word: list(word) for word in words}, []
+    for _ in range(n_merges):
+        counts = collections.Counter()
+        for word, n in words.items():
+            for pair in zip(split[word], split[word][1:]):
+                counts[pair] += n
+        pair = counts.most_common(1)[0][0]  # most_common keeps the first of equal counts
+        merges.append(pair)
+        split = {word: merge_pair(symbols, pair) for word, symbols in split.items()}
+    return merges
+
+
+other = train_bpe_first_counted(WORDS, N_MERGES)
+first_tie = next(k for k, (_, _, tied, _) in enumerate(toy_merges) if tied > 1)
+differ = next((k for k, (a, b) in enumerate(zip(other, ours)) if a != b), None)
+print(f"first tie at merge {first_tie + 1}; the lists first differ at merge {differ + 1}")
+print(f"merges in both lists: {len(set(other) & set(ours))} of {N_MERGES}")
+assert other[:first_tie] == ours[:first_tie]  # before any tie, the counts decide alone
+
+# %% [markdown]
+# Before the first tie the two lists must agree, and they do; after it, they part. Real trainers
+# each fix a rule (SentencePiece's trainer and `tokenizers` do not share one), so two
+# implementations trained on the same text need not give the same vocabulary, and a check like
+# the one above holds only where the rule is the same.
 
 # %% [markdown]
 # ## Checking against transformers
 #
 # transformers can build its own tokenizer from the same GGUF file
-# (`AutoTokenizer.from_pretrained(..., gguf_file=...)`), with its own converter. On ordinary
-# sentences both give the same ids:
+# (`AutoTokenizer.from_pretrained(..., gguf_file=...)`), with its own converter. What this
+# check shares with ours, and what it does not: transformers' fast tokenizer runs on the same
+# `tokenizers` library, so the BPE merging itself is one engine on both sides (the Python loop
+# above is the independent check of that). Independent are the reading of the vocabulary and
+# merge list out of the GGUF, and the configuration around them: the pre-tokenizer, the special
+# tokens. On ordinary sentences both give the same ids:
 
 # %%
 hf_tok = transformers_tokenizer("smollm2-135m")
@@ -418,22 +644,24 @@ for s in SENTENCES:
 
 # %% [markdown]
 # The chat markers `<|im_start|>` and `<|im_end|>` are control tokens, matched whole.
-# Where the two differ: transformers' GGUF converter gives SmolLM2 GPT-2's pre-tokenizer and
-# misses the model's rule that digits are cut off first. Usually the result is the same
-# (there are no multi-digit tokens to form), but spaces before a digit are grouped
-# differently:
+# Where the two differ: transformers' GGUF converter gives this vocabulary GPT-2's pre-tokenizer,
+# without the "smollm" rule of cutting out digits first (the rules printed above). Usually the
+# result is the same, since no token joins a digit to anything, but spaces before a digit are
+# grouped differently:
 
 # %%
 for s in ["x = 42", "x =  42"]:
     ours, theirs = smol.encode(s), hf_tok.encode(s, add_special_tokens=False)
-    print(f"{s!r:<10} {'ours':<13} {[smol.id_to_piece(i) for i in ours]}")
-    print(f"{'':<10} {'transformers':<13} {[smol.id_to_piece(i) for i in theirs]}")
+    print(f"{s!r:<10} {'ours':<14} {[smol.id_to_piece(i) for i in ours]}")
+    print(f"{'':<10} {'transformers':<14} {[smol.id_to_piece(i) for i in theirs]}")
+    print(f"{'':<10} {'chunks, ' + smol.pre:<14} {smol.pre_tokenize(s)}")
+    print(f"{'':<10} {'chunks, GPT-2':<14} {RULES['GPT-2'](s)}")
 
 # %% [markdown]
-# With two spaces, SmolLM2's own rule (in its `tokenizer.json` and in llama.cpp) cuts the
-# digits off first and leaves the two spaces as one chunk, `ĠĠ`; GPT-2's regex splits off
-# the last space to go with "42", and it stays alone as `Ġ`. The package follows the model's
-# rule, which is what the model was trained on.
+# With two spaces, the "smollm" rule cuts the digits off first and leaves the two spaces as one
+# chunk, `ĠĠ`, which is a token; GPT-2's expression gives the last space to the number, `Ġ42`,
+# and since no token joins a space to a digit, that space stays alone as `Ġ`. The package
+# follows the rule the GGUF file names.
 
 # %% [markdown]
 # ## The same text, two vocabularies
@@ -458,7 +686,7 @@ for name, (n_llama2, n_smol) in counts.items():
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 4))
-x = torch.arange(len(counts)).tolist()
+x = list(range(len(counts)))
 BARS = [(-0.2, "Llama 2 (SentencePiece, 32,000)", "#6fa8dc"),
         (0.2, "SmolLM2 (byte-level BPE, 49,152)", "#f6b26b")]
 for column, (offset, label, colour) in enumerate(BARS):
@@ -472,6 +700,7 @@ ax.set_ylabel("number of tokens")
 ax.set_title("Tokens for the same text")
 ax.legend(fontsize=9)
 plt.show()
+print("bars (Llama 2, SmolLM2):", {name: c for name, c in counts.items()})
 
 # %% [markdown]
 # SmolLM2's larger vocabulary needs fewer tokens for the English paragraph, Llama 2's fewer
@@ -496,6 +725,7 @@ table = model.tok_embeddings.weight  # [vocab_size, dim]
 print(f"embedding table {tuple(table.shape)}: one row per id")
 
 # %% [markdown]
-# Each id is now just a row number in the embedding table, `[vocab_size, dim]`. Chapter 3
+# Each id is now just a row number in the {term}`embedding <Embedding>` table,
+# `[vocab_size, dim]`. Chapter 3
 # looks these rows up, turning `[batch, seq]` ids into the `[batch, seq, dim]` vectors that
 # flow through the rest of the model.

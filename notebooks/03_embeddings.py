@@ -18,8 +18,9 @@
 # The tokenizer of chapter 2 left us with integers: a tensor of token ids of shape
 # `[batch, seq]`. A neural network cannot do much with an id like 4649 as a number; the value
 # is only a name. The first layer of LLaMA therefore replaces every id by a vector of `dim`
-# learned numbers, read from a table with one row per vocabulary entry. The result, of shape
-# `[batch, seq, dim]`, is where the residual stream of every later chapter starts.
+# learned numbers, its {term}`embedding <Embedding>`, read from a table with one row per entry
+# of the {term}`vocabulary <Vocabulary>`. The result, of shape `[batch, seq, dim]`, is where
+# the {term}`residual stream <Residual stream>` of every later chapter starts.
 #
 # This chapter builds that lookup, shows that it is a matrix product in disguise, checks it
 # against transformers, and then looks at the table itself: how long its rows are, which
@@ -29,7 +30,7 @@
 # %% [markdown]
 # ## Set-up
 
-# %%
+# %% tags=["remove-input"]
 import sys
 
 IN_COLAB = "google.colab" in sys.modules
@@ -37,12 +38,12 @@ if IN_COLAB:  # on Colab only: install the package, keeping Colab's own torch
     from IPython import get_ipython
 
     REPO = "git+https://github.com/annotated-llama/annotated-llama"
-    DEPS = 'numpy safetensors "gguf>=0.10" sentencepiece protobuf tokenizers'
+    DEPS = 'numpy safetensors "gguf>=0.16" sentencepiece protobuf tokenizers tiktoken'
     get_ipython().run_line_magic("pip", f'install -q --no-deps "annotated-llama @ {REPO}"')
     get_ipython().run_line_magic("pip", f"install -q {DEPS}")
     get_ipython().system("python -m annotated_llama fetch")
 
-# %%
+# %% tags=["remove-input"]
 import inspect
 import textwrap
 import warnings
@@ -53,16 +54,27 @@ import torch.nn.functional as F
 
 import annotated_llama as al
 from annotated_llama.config import ModelArgs, count_parameters
-from annotated_llama.reference import transformers_model
+from annotated_llama.reference import as_transformers, check_close
 
 _ = torch.manual_seed(0)
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, no widgets
 
 # %%
-MODEL = "smollm2-135m"  # the one line to change: e.g. "meta-llama/Llama-2-7b-hf" on a Colab GPU
+MODEL = "smollm2-135m"  # the one line to change: see below for what fits which Colab GPU
+DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
+
+# %% [markdown]
+# The bundled model is SmolLM2-135M, read from a {term}`GGUF` file in which the matrices are stored
+# as 4-bit Q4_1 blocks and the embedding table as 8-bit Q8_0 blocks (llama.cpp's formats
+# {cite}`gerganov2023llamacpp`), dequantized when the model is loaded (to float32 on a CPU). To run
+# the chapter on another LLaMA, set `MODEL` to a Hugging Face id or a local directory. At 2 bytes
+# per parameter in 16 bits, `TinyLlama/TinyLlama-1.1B-Chat-v1.0` (ungated, 2.05 GiB) or
+# `meta-llama/Llama-3.2-1B` (gated, about 2.3 GiB) fit a Colab T4; `meta-llama/Llama-2-7b-hf`
+# (12.55 GiB) or `meta-llama/Llama-3.1-8B` (14.96 GiB) need an L4 or an A100. Chapter 0 has the
+# full table.
 
 # %%
-model, tok = al.load(MODEL)
+model, tok = al.load(MODEL, dtype=DTYPE)
 args = model.args
 print(f"device {model.device}, dtype {model.dtype}")
 print(f"vocab_size {args.vocab_size}, dim {args.dim}")
@@ -70,16 +82,31 @@ print(f"vocab_size {args.vocab_size}, dim {args.dim}")
 # %% [markdown]
 # ## The prompt, as ids
 #
-# We follow the same sentence through the whole book. Encoded with the model's own tokenizer
-# (the bundled model adds no BOS token; Llama 2 would put id 1 in front):
+# We follow the same sentence through the whole book. A small helper prints a token as the text
+# it stands for, leading space included. Decoding a token on its own is not enough for that:
+# SentencePiece's decoder drops the space in front of a text's first word. So we decode the token
+# after a plain letter and cut the letter off, which works for every tokenizer the package
+# reads (SentencePiece's `▁` pieces, byte-level `Ġ` pieces, tiktoken's bytes); special tokens
+# such as {term}`BOS`, which decode to nothing, are shown by their name.
 
 # %%
+_LETTER = tok.encode("a", bos=False)[-1:]  # any ordinary token to stand in front
+
+
+def show(i: int) -> str:
+    """A token as readable text, leading space included."""
+    text = tok.decode(_LETTER + [i])[len(tok.decode(_LETTER)):]
+    return repr(text or tok.id_to_piece(i))
+
+
 PROMPT = "The capital of France is"
 tokens = torch.tensor([tok.encode(PROMPT)], device=model.device)  # [batch, seq]
 print("tokens", tuple(tokens.shape), tokens.tolist())
-print("pieces", [tok.decode([i]) for i in tokens[0].tolist()])
+print("pieces", " ".join(show(i) for i in tokens[0].tolist()))
 
 # %% [markdown]
+# The bundled model's tokenizer adds no BOS token; Llama 2's would put id 1 in front.
+#
 # ## The table
 #
 # The embedding is a matrix $E$ with one row per token and one column per model dimension,
@@ -133,32 +160,43 @@ print(next(line for line in source if "tok_embeddings" in line).strip())
 # %% [markdown]
 # ### Checked against transformers
 #
-# transformers calls the same table `model.embed_tokens`. For the bundled model it read and
-# dequantized the GGUF file with its own code (the embedding is stored there in 8-bit Q8_0
-# blocks), so exact equality also says that the two dequantizers agree.
+# transformers calls the same table `model.embed_tokens`. The book's reference,
+# `as_transformers(model)`, is transformers' `LlamaForCausalLM` built around the tensors our
+# loader read, so that a chapter holds the weights once. Be clear about what that checks. Shared:
+# the weights, as our loader read them, so `embed_tokens` is our very table and the comparison
+# below says only that transformers' lookup returns what ours does. Independent: transformers'
+# model code, which later chapters compare layer by layer (its attention, its RoPE in another
+# layout, its norms and MLP).
+#
+# Whether the file was read correctly is checked in the tests (`tests/test_bundled.py`), where
+# transformers loads the bundled GGUF itself, with its own tensor-name mapping and its own q/k
+# row permutation. Even that check is not independent everywhere: to turn the Q8_0 and Q4_1 blocks
+# into float32, transformers and our loader call the same function, gguf-py's `dequantize`.
 
 # %%
-hf = transformers_model(MODEL, device=model.device, dtype=model.dtype)
+hf = as_transformers(model)  # transformers' model on our tensors: no second copy
 x_hf = hf.model.embed_tokens(tokens)  # [batch, seq, dim]
 print("transformers:", tuple(x_hf.shape))
+assert hf.model.embed_tokens.weight.data_ptr() == E.data_ptr()  # the same storage
 assert torch.equal(x_hf, x_module)
-print("our embedding == transformers' embed_tokens: True (exact)")
+print("transformers' embed_tokens is our table; its lookup == ours: True (exact)")
 
 # %% [markdown]
-# Each of the five positions now holds a vector of `dim` numbers. The first few of each:
+# Each position now holds a vector of `dim` numbers. The first few of each:
 
 # %%
 x = x_module  # [batch, seq, dim]: the input of chapter 4
 for i, row in zip(tokens[0].tolist(), x[0]):
     values = " ".join(f"{v:+.3f}" for v in row[:6].tolist())
     norm = row.float().norm()
-    print(f"{tok.decode([i])!r:>11}: [{values} ...]  norm {norm:.2f}")
+    print(f"{show(i):>11}: [{values} ...]  norm {norm:.2f}")
 
 # %% [markdown]
 # ## How long are the rows?
 #
 # Nothing forces the rows to have the same length. The histogram shows the Euclidean norm
-# $\lVert E_{t,:} \rVert$ of every row.
+# $\lVert E_{t,:} \rVert$ of every row the tokenizer can produce (some checkpoints have a few
+# spare rows beyond the tokenizer's vocabulary, which no text ever reads; we leave them out).
 
 # %%
 def row_norms(W: torch.Tensor) -> torch.Tensor:
@@ -166,31 +204,23 @@ def row_norms(W: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows.float().norm(dim=1) for rows in W.split(8192)])
 
 
-norms = row_norms(E)  # [vocab]
+n_tokens = min(tok.vocab_size, args.vocab_size)  # rows the tokenizer can produce
+norms = row_norms(E[:n_tokens])  # [n_tokens]
 q = torch.quantile(norms.cpu(), torch.tensor([0.0, 0.5, 1.0]))
-print(f"row norms: min {q[0]:.2f}, median {q[1]:.2f}, max {q[2]:.2f}")
+print(f"{n_tokens:,} rows; norms: min {q[0]:.2f}, median {q[1]:.2f}, max {q[2]:.2f}")
 
 fig, ax = plt.subplots(figsize=(8, 4))
 ax.hist(norms.cpu().numpy(), bins=120, color="#4a7ab5")
 ax.set_yscale("log")
 ax.set(xlabel="L2 norm of the embedding row",
        ylabel="number of tokens (log scale)",
-       title=f"Norms of the {args.vocab_size:,} rows of tok_embeddings")
+       title=f"Norms of the {n_tokens:,} rows of tok_embeddings")
 plt.show()
 
 # %% [markdown]
-# Which tokens are at the two ends? A small helper prints a token with its leading space
-# visible (SentencePiece's `decode` drops the space of a word-initial piece, so for a
-# SentencePiece tokenizer we show the piece with `▁` turned back into a space).
+# Which tokens are at the two ends?
 
 # %%
-def show(i: int) -> str:
-    """A token as readable text, leading space included."""
-    if isinstance(tok, al.tokenizer.SentencePieceTokenizer):
-        return repr(tok.id_to_piece(i).replace("▁", " "))
-    return repr(tok.decode([i]))
-
-
 order = torch.sort(norms, stable=True).indices.tolist()
 print(f"{'smallest norms':<24}  largest norms")
 for small, large in zip(order[:8], order[::-1][:8]):
@@ -200,9 +230,9 @@ for small, large in zip(order[:8], order[::-1][:8]):
 # In the bundled model the shortest rows belong to frequent first names (" John", " Michael",
 # " David") and the longest to word beginnings that are almost never a word on their own
 # (" strugg", " affili", " enthus"). We read nothing deep into this; one thing it does matter
-# for is the output side. In a model with tied embeddings (below), a row is also the vector
-# that the final hidden state is compared with to score the token, and its length scales that
-# score.
+# for is the output side. In a model with {term}`tied embeddings <Tied embeddings>` (below), a
+# row is also the vector that the final hidden state is compared with to score the token, and
+# its length scales that score.
 
 # %% [markdown]
 # ## Neighbours
@@ -216,8 +246,9 @@ for small, large in zip(order[:8], order[::-1][:8]):
 #
 # which ignores the lengths we just looked at. First, a way to name a token by a word: encode
 # it and keep the last id, provided that id alone spells the word (SentencePiece tokenizers
-# put a lone `▁` in front of a word that starts with a space; " 7" is two tokens in both
-# tokenizers, a space and the digit).
+# put a lone `▁` in front of a word that starts with a space; " 7" is two tokens in the
+# bundled tokenizer, in Llama 2's and in Llama 3's, a space and the digit). A word that the
+# tokenizer splits into several pieces has no row of its own, and is skipped.
 
 # %%
 def token_of(word: str) -> int | None:
@@ -252,67 +283,69 @@ for name, W in TABLES.items():
     lines.append(f"nearest neighbours by cosine similarity, {name} embeddings:")
     for word in WORDS:
         i = token_of(word)
-        found = [f"{show(j)} {s:.2f}" for j, s in neighbours(W, i)]
+        if i is None:
+            lines.append(f"{word!r:>10}: not a single token here, skipped")
+            continue
+        found = [f"{show(j)} {s:.2f}" for j, s in neighbours(W[:n_tokens], i)]
         lines.append(f"{show(i):>10}: " + ", ".join(found[:3]))
         lines.append(" " * 12 + ", ".join(found[3:]))
 print("\n".join(lines))
 
 # %% [markdown]
-# The neighbours are what one would hope for: other capitals next to " Paris", royalty and
-# other spellings of the same word next to " king", the other digits next to "7", roughly in
-# order of numerical distance, inflections of " running", colours next to " blue". Many of the closest
-# tokens are the same word with different capitalisation or without the leading space: to a
-# byte-level tokenizer these are unrelated ids, and the table had to learn that they mean
-# nearly the same.
+# For the bundled model the neighbours are what one would hope for: other capitals next to
+# " Paris", royalty and other spellings of the same word next to " king", the other digits next
+# to "7", roughly in order of numerical distance, inflections of " running", colours next to
+# " blue". Many of the closest tokens are the same word with different capitalisation or
+# without the leading space: to a byte-level tokenizer these are unrelated ids, and the table
+# had to learn that they mean nearly the same. These are the similarities of the dequantized
+# table: in the GGUF it is stored in 8 bits, one scale per block of 32 numbers, so each number
+# there is off by at most 1/254 of the largest in its block.
 
 # %% [markdown]
 # ## Tied and untied embeddings
 #
-# At the other end of the model, the LM head turns the final hidden state $\mathbf{h}$ (after
-# the last RMSNorm) of each position into one score per token with a matrix
-# $W_\text{out} \in \mathbb{R}^{\text{vocab} \times \text{dim}}$:
+# At the other end of the model, the {term}`LM head` turns the final hidden state
+# $\mathbf{h}$ (after the last RMSNorm) of each position into one score per token with a
+# matrix $W_\text{out} \in \mathbb{R}^{\text{vocab} \times \text{dim}}$:
 # $\text{logit}_t = W_{\text{out}\,t,:} \cdot \mathbf{h}$. Some models use the input table
 # for this, $W_\text{out} = E$ {cite}`press2017tying`, so the score of a token is the dot
-# product of the hidden state with that token's embedding. The bundled SmolLM2 does; its
-# config says so, and the package makes `output.weight` the very same tensor object:
+# product of the hidden state with that token's embedding. The bundled SmolLM2 does, and so do
+# Llama 3.2's 1B and 3B; the config says so, and the package then makes `output.weight` the
+# very same tensor object:
 
 # %%
 tied = model.output.weight is model.tok_embeddings.weight
 print("tie_word_embeddings in the config:", args.tie_word_embeddings)
 print("model.output.weight is model.tok_embeddings.weight:", tied)
 assert tied == args.tie_word_embeddings
-hf_tied = hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
-assert hf_tied == tied
-print("transformers' lm_head shares embed_tokens' storage:", hf_tied)
 
 # %% [markdown]
 # LLaMA 1, Llama 2 and the Llama 3 models from 8B up do not tie: they train a separate output
 # matrix of the same shape. A reader who sets `MODEL` to Llama-2-7B sees `False` above and
 # two neighbour tables instead of one.
 #
-# With tied weights the logits really are dot products with the embedding rows. We catch the
-# output of the final RMSNorm with a forward hook, multiply by the table ourselves and compare
-# with the model's logits:
+# Either way the {term}`logits <Logits>` are dot products with the rows of `output.weight`. We
+# catch the output of the final RMSNorm with a forward hook, multiply by the matrix ourselves and
+# compare with the model's logits. Only the last position's logits are needed, so we ask the
+# model for those alone (`last_only=True`; the final norm then sees the last position only):
 
 # %%
 captured = {}
 hook = model.norm.register_forward_hook(
     lambda module, inputs, out: captured.update(h=out))
-logits = model(tokens)  # [batch, seq, vocab], float32
+logits = model(tokens, last_only=True)  # [batch, 1, vocab], float32
 hook.remove()
 
-h = captured["h"]  # [batch, seq, dim]: final hidden states, after the last RMSNorm
+h = captured["h"]  # [batch, 1, dim]: the last final hidden state, after the last RMSNorm
 W_out = model.output.weight  # [vocab, dim]
-by_hand = (h @ W_out.T).float()  # [batch, seq, dim] @ [dim, vocab] -> [b, s, vocab]
-tol = 1e-4 if model.dtype == torch.float32 else 1e-1
-diff = (by_hand - logits).abs().max().item()
-assert diff < tol
+by_hand = (h @ W_out.T).float()  # [batch, 1, dim] @ [dim, vocab] -> [batch, 1, vocab]
+gap = check_close(by_hand, logits, model.dtype, "h @ W_out.T")  # asserts, in the model's dtype
 print(f"h {tuple(h.shape)} @ W_out.T -> {tuple(by_hand.shape)}")
-print(f"max abs diff from the model's logits < {tol:g}: True")
+print(f"matches the model's logits within the {model.dtype} tolerance: True")
 
 # %% [markdown]
 # The five highest scores at the last position, each recomputed as one dot product with a row
-# of the table:
+# of the matrix:
 
 # %%
 top = logits[0, -1].topk(5)
@@ -325,14 +358,16 @@ for t, value in zip(top.indices.tolist(), top.values.tolist()):
 # large share of all parameters; for a 7B model it is a small one:
 
 # %%
-for name, a in [(f"{MODEL} (tied: {args.tie_word_embeddings})", args),
-                ("llama2-7b (untied)", ModelArgs.preset("llama2-7b"))]:
+for name, a in [(f"this model (tied: {args.tie_word_embeddings})", args),
+                ("llama2-7b (untied)", ModelArgs.preset("llama2-7b")),
+                ("llama3.2-1b (tied)", ModelArgs.preset("llama3.2-1b"))]:
     matrix, total = a.vocab_size * a.dim, count_parameters(a)
     print(f"{name}: vocab x dim = {a.vocab_size:,} x {a.dim:,} = {matrix:,}\n"
           f"    = {matrix / total:.1%} of all {total:,} parameters")
 
 # %% [markdown]
-# For SmolLM2-135M a second table would add about a fifth to the model. Llama-2-7B spends
+# For the bundled SmolLM2-135M a second table would add about a fifth to the model, for
+# Llama-3.2-1B about a fifth as well (its vocabulary has 128,256 tokens). Llama-2-7B spends
 # under 2% of its parameters on its separate output matrix and gets, in exchange, an input
 # and an output representation that are free to differ.
 
@@ -342,7 +377,7 @@ for name, a in [(f"{MODEL} (tied: {args.tie_word_embeddings})", args),
 # Projected onto a plane, do related tokens cluster? We take four groups of words, stack
 # their embedding rows, centre them and project onto the two directions of largest variance
 # (principal component analysis, computed with an SVD). Words that the tokenizer splits into
-# several pieces are skipped.
+# several pieces are skipped, and so is a group left with fewer than three words.
 
 # %%
 GROUPS = {
@@ -358,6 +393,8 @@ for group, text in GROUPS.items():
     words[group] = [w for w in text.split() if token_of(" " + w) is not None]
     skipped = sorted(set(text.split()) - set(words[group]))
     print(f"{group}: {len(words[group])} single tokens; skipped {skipped}")
+KEPT = [g for g in GROUPS if len(words[g]) >= 3]  # groups with enough points to project
+print("groups drawn:", KEPT)
 
 # %% [markdown]
 # The projection itself, a few lines around `torch.linalg.svd`. The sign of a principal
@@ -374,37 +411,46 @@ def pca_2d(X: torch.Tensor) -> tuple[torch.Tensor, float]:
     return xy.cpu(), ((S[:2] ** 2).sum() / (S**2).sum()).item()
 
 
-all_words = [(g, w) for g in GROUPS for w in words[g]]
+all_words = [(g, w) for g in KEPT for w in words[g]]
 ids = [token_of(" " + w) for _, w in all_words]
-xy, share = pca_2d(E[ids])  # [n_words, 2]
-print(f"{len(ids)} words; the 2 components hold {share:.0%} of their variance")
+if KEPT:
+    xy, share = pca_2d(E[ids])  # [n_words, 2]
+    print(f"{len(ids)} words; the 2 components hold {share:.0%} of their variance")
+else:
+    print("no group has three single-token words in this vocabulary: nothing to project")
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 5))
-for group in GROUPS:
+for group in KEPT:
     mask = torch.tensor([g == group for g, _ in all_words])
-    ax.scatter(xy[mask, 0], xy[mask, 1], color=COLOURS[group], s=25,
-               label=group)
-for (g, w), (px, py) in zip(all_words, xy.tolist()):
+    ax.scatter(xy[mask, 0], xy[mask, 1], color=COLOURS[group], s=25, label=group)
+    centre = xy[mask].mean(0)  # printed: the figure's summary
+    print(f"{group:>9}: centre ({centre[0]:+.1f}, {centre[1]:+.1f})")
+for (g, w), (px, py) in zip(all_words, xy.tolist() if KEPT else []):
     if g == "numbers":  # the one group spread out enough to label every word
         ax.annotate(w, (px, py), xytext=(3, 3), textcoords="offset points",
                     fontsize=9, color=COLOURS[g])
 ax.set(xlabel="principal component 1 (embedding units)",
        ylabel="principal component 2 (embedding units)",
-       title="Four word groups in the embedding table, projected with PCA")
-ax.legend(fontsize=9, loc="upper left")
+       title="Word groups in the embedding table, projected with PCA")
+if KEPT:
+    ax.legend(fontsize=9, loc="upper left")
 plt.show()
 
 # %% [markdown]
-# The projection was never told which word belongs to which group, yet the groups land in
-# separate regions of the plane. Two directions out of `dim` are enough to pull them apart.
+# The projection was never told which word belongs to which group. For the bundled model the
+# groups land in separate regions of the plane (the printed centres): two directions out of
+# `dim` are enough to pull them apart.
 #
 # Within a group the points are too close to label. Projecting each group on its *own* two
 # main directions spreads it out and shows the order inside it:
 
 # %%
 fig, axes = plt.subplots(2, 2, figsize=(10, 8))
-for ax, group in zip(axes.flat, GROUPS):
+summary = []
+for ax in axes.flat[len(KEPT):]:
+    ax.set_axis_off()  # fewer than four groups on a small vocabulary
+for ax, group in zip(axes.flat, KEPT):
     gxy, gshare = pca_2d(E[[token_of(" " + w) for w in words[group]]])
     ax.scatter(gxy[:, 0], gxy[:, 1], color=COLOURS[group], s=20)
     for w, (px, py) in zip(words[group], gxy.tolist()):
@@ -414,18 +460,12 @@ for ax, group in zip(axes.flat, GROUPS):
     ax.set_title(f"{group} ({gshare:.0%} of their variance)", fontsize=10)
     ax.set_xlabel("component 1 (embedding units)", fontsize=9)
     ax.set_ylabel("component 2", fontsize=9)
+    ranked = [words[group][i] for i in gxy[:, 0].argsort().tolist()]
+    summary.append(f"{group:>9} ({gshare:.0%}), by component 1: {' '.join(ranked)}")
 fig.suptitle("Each group projected on its own two principal components")
 fig.tight_layout()
+print("\n".join(summary))
 plt.show()
-
-# %% [markdown]
-# The words of each group, sorted by their coordinate on the group's first component:
-
-# %%
-for group in GROUPS:
-    gxy, _ = pca_2d(E[[token_of(" " + w) for w in words[group]]])
-    ranked = [words[group][i] for i in gxy[:, 0].argsort().tolist()]
-    print(f"{group:>9}: {' '.join(ranked)}")
 
 # %% [markdown]
 # On the bundled model the first component puts the number words from "one" to "nine" in
@@ -439,11 +479,11 @@ for group in GROUPS:
 # %% [markdown]
 # ## What we have now
 #
-# - `tokens` `[batch, seq]` = `[1, 5]` became `x` `[batch, seq, dim]` = `[1, 5, 576]` for the
-#   bundled model (`[1, 6, 4096]` for Llama-2-7B, whose tokenizer adds BOS): one row of the
-#   `[vocab, dim]` table per token, identical to transformers' `embed_tokens`.
-# - The rows carry meaning: similar tokens point in similar directions. In the bundled model
-#   the same table scores the output tokens (tied embeddings); Llama 2 keeps a second one.
+# - `tokens` `[batch, seq]` became `x` `[batch, seq, dim]`: `[1, 5]` and `[1, 5, 576]` for the
+#   bundled model (`[1, 6, 4096]` for Llama-2-7B, whose tokenizer adds BOS), one row of the
+#   `[vocab, dim]` table per token, the same as transformers' `embed_tokens` on that table.
+# - The rows carry meaning: in the bundled model similar tokens point in similar directions,
+#   and the same table scores the output tokens (tied embeddings); Llama 2 keeps a second one.
 # - Nothing in `x` says where a token stands in the sequence: LLaMA adds no position vector
 #   here. Position enters later, inside attention, through RoPE (chapter 5).
 #

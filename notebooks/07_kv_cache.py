@@ -33,7 +33,7 @@
 # \qquad k_j, v_j \text{ for } j < t \text{ read from the cache.}
 # $$
 #
-# The KV cache keeps $k_j$ and $v_j$ of every layer as they are computed. Each step then runs
+# The {term}`KV cache` keeps $k_j$ and $v_j$ of every layer as they are computed. Each step then runs
 # the model on the one new token: it computes that token's query, key and value, appends the
 # key and value to the cache, and attends over the cache. This chapter checks that this gives
 # the same numbers as recomputation, measures what the cache costs in memory, and what it saves
@@ -42,7 +42,7 @@
 # %% [markdown]
 # ## Set-up
 
-# %%
+# %% tags=["remove-input"]
 import sys
 
 IN_COLAB = "google.colab" in sys.modules
@@ -50,13 +50,15 @@ if IN_COLAB:  # on Colab only: install the package, keeping Colab's own torch
     from IPython import get_ipython
 
     REPO = "git+https://github.com/annotated-llama/annotated-llama"
-    DEPS = 'numpy safetensors "gguf>=0.10" sentencepiece protobuf tokenizers'
+    DEPS = 'numpy safetensors "gguf>=0.16" sentencepiece protobuf tokenizers tiktoken'
     get_ipython().run_line_magic("pip", f'install -q --no-deps "annotated-llama @ {REPO}"')
     get_ipython().run_line_magic("pip", f"install -q {DEPS}")
     get_ipython().system("python -m annotated_llama fetch")
 
-# %%
+# %% tags=["remove-input"]
+import contextlib
 import inspect
+import os
 import textwrap
 import time
 import warnings
@@ -67,31 +69,39 @@ from IPython.display import Markdown
 
 import annotated_llama as al
 from annotated_llama.config import ModelArgs
-from annotated_llama.generate import generate_ids
-from annotated_llama.reference import transformers_model
+from annotated_llama.reference import RELATIVE_TOLERANCE, as_transformers, check_close
 
 torch.manual_seed(0)
 _ = torch.set_grad_enabled(False)  # inference only: no autograd graph anywhere in this chapter
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, no widgets
 
+# %% [markdown]
+# The model is the bundled SmolLM2-135M unless you change the next cell: a Hugging Face id, a
+# local directory or a GGUF file. In 16 bits the weights take parameters × 2 bytes:
+# `TinyLlama/TinyLlama-1.1B-Chat-v1.0` (ungated, 2.05 GiB) or `meta-llama/Llama-3.2-1B` (gated,
+# about 2.3 GiB) fit a Colab T4; `meta-llama/Llama-2-7b-hf` (12.55 GiB) and
+# `meta-llama/Llama-3.1-8B` (14.96 GiB) need an L4 or an A100. Chapter 0 has the full table.
+
 # %%
-MODEL = "smollm2-135m"  # the one line to change: e.g. "meta-llama/Llama-2-7b-hf" on a Colab GPU
+MODEL = "smollm2-135m"  # the one line to change: see below for what fits which Colab GPU
+DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
 
 # %% [markdown]
-# We load our model and, as the independent reference, transformers' `LlamaForCausalLM` on the
-# same weights, in the device and dtype that `al.load` picked (CPU and float32 here; CUDA and
-# bfloat16 on a GPU). Comparisons of the whole model use a tolerance of 1e-4 in float32; in
-# bfloat16 two different orders of the same arithmetic round differently, so the tolerance
-# there is looser.
+# We load our model and, as the reference, transformers' `LlamaForCausalLM` built around the
+# same tensors (`as_transformers`: one copy of the weights; what is shared is the weights as our
+# loader read them, what is independent is transformers' model code and its own cache). The
+# bundled model's matrices are 4-bit ({term}`Q4_1`) in its GGUF file, dequantized to float32 at load.
+# Every comparison goes through `check_close`, which asserts a relative difference within a
+# tolerance set by the model's dtype (float32 on a CPU; bfloat16 or float16 on a GPU, where two
+# orders of the same arithmetic round differently).
 
 # %%
-model, tok = al.load(MODEL)
-hf = transformers_model(MODEL, device=model.device, dtype=model.dtype)
-FLOAT32 = model.dtype == torch.float32
-TOL = 1e-4 if FLOAT32 else 2.0  # max abs logit difference (logits reach a few tens)
+model, tok = al.load(MODEL, dtype=DTYPE)
+hf = as_transformers(model)
 a = model.args
-print(f"{model.device.type}, {model.dtype}")
-print(f"n_layers {a.n_layers}, n_heads {a.n_heads}, n_kv_heads {a.n_kv_heads}, head_dim {a.head_dim}")
+print(f"{model.device.type}, {model.dtype}; tolerance {RELATIVE_TOLERANCE[model.dtype]:.2g}")
+print(f"n_layers {a.n_layers}, n_heads {a.n_heads}, n_kv_heads {a.n_kv_heads}, "
+      f"head_dim {a.head_dim}")
 
 
 def show(obj):
@@ -118,7 +128,7 @@ def record_kv(tokens):
             hooks.append(module.register_forward_hook(
                 lambda m, inp, out, key=(i, name): seen.__setitem__(key, out)))
     try:
-        model(tokens)
+        model(tokens, last_only=True)  # the logits are not needed, only what the hooks see
     finally:
         for h in hooks:
             h.remove()
@@ -127,16 +137,19 @@ def record_kv(tokens):
 
 prompt = "The capital of France is"
 ids = torch.tensor([tok.encode(prompt + " Paris. The capital of Italy is")], device=model.device)
-short = ids[:, :6]  # [1, 6]: the first six tokens
+T = ids.shape[1]
+n_short = T // 2
+short = ids[:, :n_short]  # [1, n_short]: the first half of the tokens
 kv_short, kv_long = record_kv(short), record_kv(ids)
-diff = max((kv_long[key][:, :6] - kv_short[key]).abs().max().item() for key in kv_short)
-print(f"{short.shape[1]} tokens, then {ids.shape[1]}; {len(kv_short)} key/value tensors compared")
-print(f"first 6 positions, max abs diff over all layers < {TOL:.0e}: {diff < TOL}")
-assert diff < TOL
+for key in kv_short:
+    check_close(kv_long[key][:, :n_short], kv_short[key], model.dtype, f"{key} of shared positions")
+print(f"{n_short} tokens, then {T}; {len(kv_short)} key/value tensors compared")
+print(f"first {n_short} positions, every layer: the same within tolerance")
 
 # %% [markdown]
-# Every key and value of the first six positions, in all layers, came out the same whether
-# the model saw six tokens or twelve. Only the new positions bring new keys and values.
+# Every key and value of the shared positions, in all layers, came out the same (to rounding)
+# whether the model saw the short prompt or the long one. Only the new positions bring new keys
+# and values.
 #
 # ## A cache by hand, for one layer
 #
@@ -149,7 +162,6 @@ layer = model.layers[0]
 att = layer.attention
 H, KV, hd = a.n_heads, a.n_kv_heads, a.head_dim
 Wq, Wk, Wv, Wo = (w.weight.float() for w in (att.wq, att.wk, att.wv, att.wo))
-T = ids.shape[1]
 x = layer.attention_norm(model.tok_embeddings(ids)).float()  # [1, T, dim]
 freqs = model.freqs_cis(model.device)[:T]  # [T, head_dim/2] complex
 
@@ -165,7 +177,7 @@ def project(x, freqs):
 
 
 def attend(q, k, v, mask=None):
-    """softmax(q kᵀ / √head_dim) v, with each KV head shared by n_heads / n_kv_heads query heads."""
+    """softmax(q kᵀ / √head_dim) v; each KV head is shared by n_heads / n_kv_heads query heads."""
     k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
     scores = q @ k.transpose(-2, -1) / hd**0.5  # [1, n_heads, s_q, s_k]
     if mask is not None:
@@ -197,10 +209,9 @@ for t in range(T):
     cache_v = torch.cat([cache_v, v_t], dim=2)
     steps.append(attend(q_t, cache_k, cache_v))  # [1, 1, dim]
 incremental = torch.cat(steps, dim=1)  # [1, T, dim]
-d = (incremental - full).abs().max().item()
+check_close(incremental, full, torch.float32, "incremental vs full, layer 0")
 print("cache after the last step:", tuple(cache_k.shape))
-print(f"incremental vs full, max abs diff < 1e-4: {d < 1e-4}")
-assert d < 1e-4
+print("incremental vs full, float32: within 1e-05 (relative)")
 
 # %% [markdown]
 # The same $T$ outputs, but each step projected one position instead of all positions so far.
@@ -225,9 +236,11 @@ show(al.cache.KVCache)
 
 # %% [markdown]
 # `Attention.forward` calls `update` after RoPE and attends over what it returns. With one new
-# token (`seq == 1`) it passes no mask, as in our loop; for a prompt at `start_pos == 0` it
-# uses the square causal mask; for several new tokens after a cached prefix it builds the
-# rectangular mask of chapter 6 with `causal_mask(seq, start_pos)`.
+# token (`seq == 1`) it passes no mask, as in our loop; for a prompt at `start_pos == 0` it asks
+# the kernel for its built-in causal mask (`is_causal=True`); for several new tokens after a
+# cached prefix it passes `causal_lower_right`, the causal triangle aligned to the last cached
+# position (chapter 6's rectangular mask), expanding K and V for grouped-query attention first
+# so that no mask is ever combined with `enable_gqa` (chapter 6 says why).
 
 # %%
 show(al.model.Attention.forward)
@@ -237,26 +250,26 @@ show(al.model.Attention.forward)
 #
 # The promise of `model(tokens, start_pos)`: feeding the prompt, then one token at a time with
 # increasing `start_pos`, gives the same logits as one call on the whole sequence. We check it
-# on the twelve tokens from above: the first five as the prompt, the other seven one by one.
+# on the tokens from above: the first five as the prompt, the others one by one.
 
 # %%
-full_logits = model(ids)  # [1, T, vocab]: one call, no cache in use
-n_prompt = 5
-parts = [model(ids[:, :n_prompt], start_pos=0)]  # prefill: [1, 5, vocab]
+full_logits = model(ids)  # [1, T, vocab]: one call, every position's logits (all compared)
+n_prompt = min(5, T - 1)  # at least one decode step
+parts = [model(ids[:, :n_prompt], start_pos=0)]  # prefill: [1, n_prompt, vocab]
 for pos in range(n_prompt, T):
     parts.append(model(ids[:, pos : pos + 1], start_pos=pos))  # decode: [1, 1, vocab]
 inc_logits = torch.cat(parts, dim=1)  # [1, T, vocab]
-d = (inc_logits - full_logits).abs().max().item()
+check_close(inc_logits, full_logits, model.dtype, "incremental vs one call")
+same = int((inc_logits.argmax(-1) == full_logits.argmax(-1)).sum())
 print(f"{len(parts) - 1} decode steps; model.cache_len = {model.cache_len}")
 print("cache of layer 0:", tuple(model.layers[0].attention.cache.k.shape),
       "[batch, n_kv_heads, capacity, head_dim]")
-print(f"logits, incremental vs one call: max abs diff < {TOL:.0e}: {d < TOL}")
-print("same argmax at every position:", torch.equal(inc_logits.argmax(-1), full_logits.argmax(-1)))
-assert d < TOL
+print("logits, incremental vs one call: within tolerance")
+print(f"the same most likely next token at {same} of {T} positions")
 
 # %% [markdown]
 # A call at `start_pos=0` with the same batch size reuses the cache already allocated and
-# overwrites it from position 0; here the earlier calls had grown it to room for all twelve
+# overwrites it from position 0; here the earlier calls had grown it to room for all the
 # positions. Whatever an older, longer sequence left beyond the new end is never read:
 # `update` returns only the first `start_pos + seq` positions.
 #
@@ -270,10 +283,10 @@ for pos in range(n_prompt, T):
     out = hf(ids[:, pos : pos + 1], past_key_values=past, use_cache=True)
     hf_parts.append(out.logits)
     past = out.past_key_values
-hf_inc = torch.cat(hf_parts, dim=1).float()  # [1, T, vocab]
-d = (inc_logits - hf_inc).abs().max().item()
-print(f"ours vs transformers, both incremental: max abs diff < {TOL:.0e}: {d < TOL}")
-assert d < TOL
+hf_inc = torch.cat(hf_parts, dim=1)  # [1, T, vocab]
+check_close(inc_logits, hf_inc, model.dtype, "ours vs transformers, both incremental")
+print(f"ours vs transformers, both incremental: within {RELATIVE_TOLERANCE[model.dtype]:.2g} "
+      "(relative)")
 
 # %% [markdown]
 # ## What the cache costs in memory
@@ -297,13 +310,55 @@ def kv_bytes_per_token(args, bytes_per_number):
 llama2_7b = ModelArgs.preset("llama2-7b")
 per_token = kv_bytes_per_token(llama2_7b, 2)
 print(f"Llama-2-7B, fp16: {per_token:,} bytes = {per_token // 1024} KiB per token")
-print(f"full context of {llama2_7b.max_seq_len} tokens: {per_token * llama2_7b.max_seq_len / 2**30:.0f} GiB")
+print(f"full context of {llama2_7b.max_seq_len} tokens: "
+      f"{per_token * llama2_7b.max_seq_len / 2**30:.0f} GiB")
 assert per_token == 2 * 32 * 4096 * 2 == 524_288
 
 # %% [markdown]
-# Half a megabyte per token, 2 GiB for one sequence at the full 4096-token context. Grouped-query
-# attention (chapter 6) {cite}`ainslie2023gqa` shrinks it by storing fewer KV heads: Llama-2-70B
-# has 64 query heads but 8 KV heads, Llama-3-8B 32 and 8.
+# Half a megabyte per token, 2 GiB for one sequence at the full 4096-token context.
+#
+# An estimate one meets for Llama-2-7B is about 270 MB for 1,000 tokens. That is the size of a
+# different cache: one vector of the residual stream per layer per token,
+# $1000 \times 32 \times 4096 \times 2$ bytes, or with the embedding output counted as a 33rd
+# vector, $1000 \times 33 \times 4096 \times 2$. Such a cache would spare the layers below, but
+# every step would still have to push every cached state through `wk` and `wv` again, in every
+# layer; the KV cache stores the keys and values themselves, two vectors of
+# $n_\text{kv\_heads} \cdot d_\text{head}$ numbers per layer per token. For a multi-head model,
+# where $n_\text{kv\_heads} \cdot d_\text{head} = d$, that is twice the residual figure; with
+# grouped-query attention (chapter 6) {cite}`ainslie2023gqa` it can be less. From the presets,
+# for 1,000 tokens in 16 bits (4 bytes for the bundled model in float32):
+
+# %%
+def cache_sizes(args, bytes_per_number, n_tokens=1000):
+    """Bytes for n_tokens: residual states (one per layer), the K/V cache, and K/V without GQA."""
+    residual = n_tokens * args.n_layers * args.dim * bytes_per_number
+    kv = n_tokens * kv_bytes_per_token(args, bytes_per_number)
+    mha = n_tokens * 2 * args.n_layers * args.n_heads * args.head_dim * bytes_per_number
+    return residual, kv, mha
+
+
+residual, kv, _ = cache_sizes(llama2_7b, 2)
+with_embedding = 1000 * (llama2_7b.n_layers + 1) * llama2_7b.dim * 2
+print(f"Llama-2-7B, fp16, 1,000 tokens: residual states {residual / 1e6:.0f} MB "
+      f"({with_embedding / 1e6:.0f} MB with the embedding output), K/V cache {kv / 1e6:.0f} MB")
+print(f"{'':22} {'residual states':>15} {'K/V cache':>10} {'K/V if MHA':>11}")
+for label, name, nbytes in [("SmolLM2-135M, fp32", "smollm2-135m", 4),
+                            ("Llama-2-7B, fp16", "llama2-7b", 2),
+                            ("Llama-3-8B, bf16", "llama3-8b", 2),
+                            ("Llama-3.2-1B, bf16", "llama3.2-1b", 2)]:
+    p = ModelArgs.preset(name)
+    residual, kv, mha = cache_sizes(p, nbytes)
+    print(f"{label:22} {residual / 1e6:12.1f} MB {kv / 1e6:7.1f} MB {mha / 1e6:8.1f} MB")
+assert cache_sizes(llama2_7b, 2)[1] == 2 * cache_sizes(llama2_7b, 2)[0] == 524_288_000
+
+# %% [markdown]
+# For Llama-2-7B the real cache, 524 MB for 1,000 tokens, is twice the residual-state estimate
+# (262 MB, or 270 MB counting the embeddings). Llama-3-8B has the same `dim` and layer count,
+# but its 32 query heads share 8 KV heads: its cache, 131 MB, is 4 times smaller than it would
+# be with multi-head attention, and half the residual-state figure.
+#
+# Per token, for several models (GQA: Llama-2-70B has 64 query heads but 8 KV heads, Llama-3-8B
+# and Llama-3.2-1B 32 and 8):
 
 # %%
 MODELS = {  # label: (preset, bytes per number)
@@ -312,11 +367,12 @@ MODELS = {  # label: (preset, bytes per number)
     "Llama-2-7B, fp16": ("llama2-7b", 2),
     "Llama-2-70B, fp16": ("llama2-70b", 2),
     "Llama-3-8B, bf16": ("llama3-8b", 2),
+    "Llama-3.2-1B, bf16": ("llama3.2-1b", 2),
 }
 for label, (name, nbytes) in MODELS.items():
     p = ModelArgs.preset(name)
     b = kv_bytes_per_token(p, nbytes)
-    mha = 2 * p.n_layers * p.n_heads * p.head_dim * nbytes  # if every query head had its own KV head
+    mha = 2 * p.n_layers * p.n_heads * p.head_dim * nbytes  # one KV head per query head
     print(f"{label:20} {p.n_layers:2d} layers x {p.n_kv_heads:2d} KV heads x {p.head_dim:3d}: "
           f"{b / 1024:6.1f} KiB/token (without GQA: {mha / 1024:6.1f})")
 
@@ -327,7 +383,7 @@ for label, (name, nbytes) in MODELS.items():
 #
 # The package's cache tensors follow the formula: after the run above, the bytes held by all
 # layers' caches, divided by the capacity and the batch, give the per-token figure for the
-# bundled model in the dtype it runs in.
+# model loaded above, in the dtype it runs in.
 
 # %%
 cache = model.layers[0].attention.cache
@@ -340,7 +396,7 @@ assert held == formula * cache.capacity * cache.batch
 # %% [markdown]
 # For a whole sequence, multiply by the context length (and by the batch size, for several
 # sequences at once). On a log scale, the growth is linear in the context for every model; the
-# lines end at each model's maximum context.
+# lines end at each model's maximum context or at 8192 tokens.
 
 # %%
 fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -348,8 +404,9 @@ for label, (name, nbytes) in MODELS.items():
     p = ModelArgs.preset(name)
     ctx = torch.logspace(7, 13, 61, base=2)  # 128 .. 8192 tokens
     ctx = ctx[ctx <= p.max_seq_len]
-    ax.plot(ctx, ctx * kv_bytes_per_token(p, nbytes) / 2**30, label=label, lw=2,
-            ls="--" if "SmolLM2" in label else "-")
+    gib = ctx * kv_bytes_per_token(p, nbytes) / 2**30
+    ax.plot(ctx, gib, label=label, lw=2, ls="--" if "SmolLM2" in label else "-")
+    print(f"{label:20} {int(ctx[-1]):5d} tokens: {gib[-1].item():6.2f} GiB")
 ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="KV cache (GiB)",
        title="KV cache of one sequence, by context length")
 ax.set_xticks([128, 512, 2048, 8192], ["128", "512", "2048", "8192"])
@@ -360,96 +417,256 @@ plt.show()
 # %% [markdown]
 # ## What the cache saves in time
 #
-# We greedily generate $N$ tokens from the prompt, two ways:
+# We greedily generate $N$ tokens from the prompt, two ways, with the same model:
 #
-# - with the cache: the package's `generate_ids`, which runs the prompt once and then one token
-#   per step with increasing `start_pos`;
-# - without it: every step calls `model(all_tokens)` with `start_pos=0`, recomputing every
-#   position (the model still writes its cache, but never reads an old entry back).
+# - with the cache: the prompt at `start_pos=0` (the {term}`prefill <Prefill>`), then one token
+#   per call with increasing `start_pos` (the {term}`decode <Decode>` steps), as the package's
+#   `generate` does;
+# - without it: step $t$ calls the model on the whole sequence so far, from `start_pos=0`, so
+#   every position is recomputed. The model still writes its cache, from position 0, but each
+#   call reads back only what it has just written. To do exactly the same steps, this run feeds
+#   the tokens the cached run chose.
 #
-# Both make $N$ forward passes, and both must produce the same tokens. The two run in lockstep,
-# one step of each in turn, so that whatever else the machine is doing slows both alike; the
-# recomputing run uses a second copy of the model, so it cannot overwrite the cache the other
-# one reads. Summing the step times gives the time to the first $N$ tokens for every $N$.
-# (Timings depend on the machine and its load; the cell's output is not compared when the book
-# is tested.)
+# Both ask only for the last position's logits (`last_only=True`), and both wait for the chosen
+# token at every step (`int(...)`), so that each timing covers the work of its step, on a GPU
+# too. First, both must give the same next-token logits at every step:
 
 # %%
-N_MAX = 24  # small enough to keep this chapter quick on a laptop CPU
+N_MAX = 16  # tokens per generation: small enough to keep this chapter quick on a CPU
 prompt_ids = tok.encode(prompt)
-recompute_model, _ = al.load(MODEL)  # a second copy of the same weights, with its own cache
+P = len(prompt_ids)
 
 
-def lockstep(n):
-    """Generate n tokens both ways, one step of each in turn; return ids and seconds per step."""
-    cached = generate_ids(model, prompt_ids, n)  # the package's loop: one token per next()
-    tokens = torch.tensor([prompt_ids], device=model.device)  # [1, seq], grows by one per step
-    ids_c, ids_r, sec_c, sec_r = [], [], [], []
+def generate_cached(n):
+    """n greedy tokens with the cache: the prompt once, then one new token per call."""
+    ids, seconds, logits = [], [], []
+    x, pos = torch.tensor([prompt_ids], device=model.device), 0
     for _ in range(n):
         start = time.perf_counter()
-        ids_c.append(next(cached))
-        sec_c.append(time.perf_counter() - start)
+        out = model(x, start_pos=pos, last_only=True)[:, -1]  # [1, vocab]
+        next_id = int(out.argmax(-1))  # waits for the result
+        seconds.append(time.perf_counter() - start)
+        ids.append(next_id)
+        logits.append(out)
+        pos += x.shape[1]
+        x = torch.tensor([[next_id]], device=model.device)  # [1, 1]
+    return ids, seconds, torch.cat(logits)  # logits: [n, vocab]
+
+
+def generate_recomputed(ids):
+    """The same steps without the cache: step t runs the whole sequence, prompt + ids[:t]."""
+    tokens = torch.tensor([prompt_ids + ids], device=model.device)  # [1, P + n]
+    own, seconds, logits = [], [], []
+    for t in range(len(ids)):
         start = time.perf_counter()
-        next_id = recompute_model(tokens, start_pos=0)[:, -1].argmax(-1)  # the whole sequence
-        ids_r.append(int(next_id))
-        sec_r.append(time.perf_counter() - start)
-        tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
-    return ids_c, ids_r, sec_c, sec_r
+        out = model(tokens[:, : P + t], start_pos=0, last_only=True)[:, -1]  # every position
+        own.append(int(out.argmax(-1)))
+        seconds.append(time.perf_counter() - start)
+        logits.append(out)
+    return own, seconds, torch.cat(logits)
 
 
-# %%
-# NBVAL_IGNORE_OUTPUT
-ids_cached, ids_recomputed, sec_c, sec_r = lockstep(N_MAX)
-t_cached = torch.tensor(sec_c).cumsum(0).tolist()  # time to the first N tokens, N = 1..N_MAX
-t_recomputed = torch.tensor(sec_r).cumsum(0).tolist()
-NS = [6, 12, 18, 24]
-for n in NS:
-    print(f"N = {n:2d}: {t_cached[n - 1]:6.2f} s with cache, {t_recomputed[n - 1]:6.2f} s "
-          f"without, {t_recomputed[n - 1] / t_cached[n - 1]:4.1f}x elapsed")
-print(f"last step: {sec_c[-1]:.3f} s with cache, {sec_r[-1]:.3f} s without elapsed")
-
-# %%
-print("same tokens with and without the cache:", ids_cached == ids_recomputed)
-print(repr(tok.decode(ids_cached)))
-assert ids_cached == ids_recomputed
+ids_cached, _, logits_cached = generate_cached(N_MAX)
+ids_recomputed, _, logits_recomputed = generate_recomputed(ids_cached)
+check_close(logits_cached, logits_recomputed, model.dtype, "next-token logits, cache vs none")
+agree = sum(c == r for c, r in zip(ids_cached, ids_recomputed))
+print(f"{N_MAX} steps, prompt of {P} tokens: next-token logits with and without the cache "
+      "within tolerance")
+print(f"the same greedy token at {agree} of {N_MAX} steps:", repr(tok.decode(ids_cached)))
 
 # %% [markdown]
-# Plotted against $N$, both curves are close to straight lines at these lengths, with very
-# different slopes: a step with the cache runs one position through the model, a step without
-# it runs the whole sequence so far (5 to 28 positions here). Without the cache each step also
-# costs more than the one before, so over long generations the total grows quadratically, as
-# the count of $N(N+1)/2$ positions above says; over a few dozen short steps that growth is
-# small next to what every step costs anyway (reading all the weights once).
+# ### Calibration
+#
+# Timings depend on the machine and on what else it runs. Before measuring, we time one fixed
+# call several times, the model on the prompt, and keep the median. On a CPU we time it with
+# PyTorch's default number of threads and with one thread: on an idle machine the default is
+# usually the faster; on a busy one (this book is executed on a shared machine) threads that must wait
+# for each other at every operation can make it many times slower, and unevenly so. The
+# measurement itself runs on one thread on a CPU, so that it depends less on that. The load
+# average (processes wanting to run, averaged over a minute) is printed as a second hint.
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 4))
+ON_CPU = model.device.type == "cpu"
+DEFAULT_THREADS = torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def cpu_threads(n):
+    """Run the block with n PyTorch threads on a CPU (no effect on a GPU's kernels)."""
+    if not ON_CPU:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(DEFAULT_THREADS)
+
+
+def median_seconds(call, repeats=3):
+    """Median wall time of call() over `repeats` runs, after one untimed run."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[repeats // 2]
+
+
+def prompt_call():
+    return int(model(torch.tensor([prompt_ids], device=model.device), last_only=True).argmax())
+
+
+def load_average():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+TIMING_THREADS = 1 if ON_CPU else DEFAULT_THREADS
+calibration = {}
+for label, n in [("PyTorch's default CPU threads", DEFAULT_THREADS), ("one CPU thread", 1)]:
+    with cpu_threads(n):
+        calibration[label] = median_seconds(prompt_call)
+print(f"{model.device.type}, {model.dtype}; logical CPUs ⏱{os.cpu_count()}, PyTorch threads "
+      f"⏱{DEFAULT_THREADS}, load average ⏱{load_average():.1f}")
+for label, sec in calibration.items():
+    print(f"the model on the {P}-token prompt, {label}: median ⏱{1000 * sec:.1f} ms")
+
+# %% [markdown]
+# ### The measurement
+#
+# Each way runs the whole generation `REPEATS` times, alternating which goes first, and for every
+# step we keep the median over the repeats: a burst of other work on the machine hits one run,
+# not the median, and alternation keeps a slow drift from favouring one way.
+
+# %%
+REPEATS = 5
+sec_cached, sec_recomputed = [], []  # REPEATS lists of N_MAX step times each
+with cpu_threads(TIMING_THREADS):
+    load_before = load_average()
+    for r in range(REPEATS):
+        for way in (("cached", "recomputed") if r % 2 == 0 else ("recomputed", "cached")):
+            if way == "cached":
+                sec_cached.append(generate_cached(N_MAX)[1])
+            else:
+                sec_recomputed.append(generate_recomputed(ids_cached)[1])
+    check = median_seconds(prompt_call)
+med_c = torch.tensor(sec_cached).median(0).values.double()  # [N_MAX] seconds per step
+med_r = torch.tensor(sec_recomputed).median(0).values.double()
+total_c, total_r = med_c.cumsum(0), med_r.cumsum(0)  # time to the first N tokens
+print(f"{REPEATS} runs of each way, {N_MAX} steps each, on "
+      f"{f'{TIMING_THREADS} thread' if ON_CPU else 'the GPU'}; load average "
+      f"⏱{load_before:.1f} before, ⏱{load_average():.1f} after")
+before = calibration["one CPU thread" if ON_CPU else "PyTorch's default CPU threads"]
+print(f"calibration call after the measurement: ⏱{1000 * check:.1f} ms "
+      f"(before: ⏱{1000 * before:.1f} ms)")
+for n in (4, 8, 12, 16):
+    with_, without = total_c[n - 1], total_r[n - 1]
+    print(f"N = {n:2d}: ⏱{with_:.2f} s with the cache, ⏱{without:.2f} s without: "
+          f"⏱{without / with_:.1f}x")
+
+# %% [markdown]
+# ### A cost model per step
+#
+# What does a step cost? A simple model: a fixed cost $a$ per call (every weight is read once,
+# and Python and the kernel launches add their share, however few positions the call has)
+# plus a cost $b$ per position. Without the cache, step $t$ runs $s = P + t - 1$ positions
+# through every layer; with it, step $t \ge 2$ runs one position, whose attention reads the
+# $s$ positions in the cache, so there $b$ is the cost of one more cached key and value. (The
+# first step with the cache is the prompt, the same call as the first step without it.) A
+# least-squares line through the medians of each way gives $a$ and $b$:
+
+# %%
+s = torch.arange(P, P + N_MAX, dtype=torch.float64)  # positions in the call / in the cache
+
+
+def fit_line(x, y):
+    """Least-squares a, b of y ≈ a + b·x."""
+    design = torch.stack([torch.ones_like(x), x], dim=1)
+    a_, b_ = torch.linalg.lstsq(design, y[:, None]).solution.flatten().tolist()
+    return a_, b_
+
+
+a_r, b_r = fit_line(s, med_r)
+a_c, b_c = fit_line(s[1:], med_c[1:])  # decode steps only
+model_r = a_r + b_r * s
+model_c = torch.cat([med_c[:1], a_c + b_c * s[1:]])  # step 1 (the prompt) as measured
+off = max(((model_r - med_r).abs() / med_r).max(), ((model_c - med_c).abs() / med_c).max())
+print(f"without the cache: ⏱{1000 * a_r:.1f} ms + ⏱{1e6 * b_r:.0f} µs × positions in the call")
+print(f"with the cache:    ⏱{1000 * a_c:.1f} ms + ⏱{1e6 * b_c:.0f} µs × positions in the cache")
+print(f"largest gap between a median and its line: ⏱{100 * off:.0f}%")
+print(f"the fixed cost of a call equals the cost of ⏱{a_r / b_r:.0f} positions without the cache")
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+ax1.plot(s, 1000 * med_r, "o", ms=4, color="C0", label="without cache: median")
+ax1.plot(s, 1000 * model_r, "-", color="C0", label="without cache: a + b·s")
+ax1.plot(s[1:], 1000 * med_c[1:], "s", ms=4, color="C1", label="with cache: median")
+ax1.plot(s[1:], 1000 * model_c[1:], "-", color="C1", label="with cache: a + b·s")
+ax1.set(xlabel="positions in the call (without) / in the cache (with), s",
+        ylabel="time per step (ms)", title="One step", ylim=(0, None))
 steps = range(1, N_MAX + 1)
-ax.plot(steps, t_recomputed, "o-", ms=3, label="without cache: model(all tokens) each step")
-ax.plot(steps, t_cached, "o-", ms=3, label="with cache: one new token each step")
-ax.set(xlabel="tokens generated, N", ylabel="time (s)",
-       title=f"Greedy generation on {model.device.type}, {str(model.dtype).removeprefix('torch.')}")
-ax.set_xticks(NS)
-ax.grid(True, alpha=0.3)
-ax.legend(fontsize=9)
+ax2.plot(steps, total_r, "o", ms=4, color="C0", label="without cache: measured")
+ax2.plot(steps, model_r.cumsum(0), "-", color="C0", label="without cache: model")
+ax2.plot(steps, total_c, "s", ms=4, color="C1", label="with cache: measured")
+ax2.plot(steps, model_c.cumsum(0), "-", color="C1", label="with cache: model")
+ax2.set(xlabel="tokens generated, N", ylabel="time to N tokens (s)", title="Generation",
+        ylim=(0, None))
+for ax in (ax1, ax2):
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+fig.suptitle(f"Greedy generation on {model.device.type}, {str(model.dtype).removeprefix('torch.')}"
+             f"{f', {TIMING_THREADS} thread' if ON_CPU else ''}: medians of {REPEATS} runs",
+             fontsize=10)
+fig.tight_layout()
+print(f"plotted: {N_MAX} steps × 2 ways, medians of {REPEATS} runs, and the two fitted lines")
 plt.show()
 
 # %% [markdown]
-# On a GPU, and for larger models, the decode step is limited by reading the weights from memory
-# rather than by arithmetic, and a further step is to allocate the cache once for the whole
-# context (a static cache) so that the decode step has fixed shapes and can be compiled and
-# captured as a CUDA graph {cite}`pytorch2023gptfast`. Chapter 11 measures that.
+# What the fit says: a step without the cache costs $a_\text{without} + b_\text{without}\,s$,
+# a step with it $a_\text{with} + b_\text{with}\,s$. One more position means one more cached
+# key and value for the new query to read with the cache, against one more position through
+# every matrix of every layer without it, so $b_\text{with}$ should be far smaller; it is also
+# the hardest number here to measure, and on a busy machine its fitted value is mostly noise.
+# So the ratio of the two step times grows with the sequence, slowly while the
+# fixed costs $a$ dominate and in proportion to $s$ once $b_\text{without}\,s$ outweighs them;
+# the last line printed by the fit says how many positions that takes on this machine. Summed
+# over a generation, the time without the cache grows with the square of $N$ (the $N(N+1)/2$
+# positions counted above), the time with it almost linearly (its steps grow only by
+# $b_\text{with}$ per position). At the few dozen positions timed here
+# both totals are still close to straight lines, and their ratio depends mostly on how the
+# fixed cost of a call compares with the cost of a position on the machine at hand. That is why
+# the same cell gives different ratios on different machines, and on one machine under
+# different loads: other work that slows long calls more than short ones, or the reverse,
+# changes the ratio. The calibration lines say what the conditions were (this book is executed
+# on a shared machine: compare the load average with the number of CPUs); the medians, the
+# alternation and the fit make the numbers steadier, but they cannot make a busy machine idle.
+#
+# What was measured here: the model loaded above, on the device and in the dtype printed, at
+# batch size 1, for prompts of a few tokens and at most 16 new ones. Nothing in this chapter
+# was measured on a GPU. There, at batch size 1, a step is expected to be limited by reading
+# the weights from memory ({term}`memory-bandwidth bound <Memory-bandwidth bound>`), and running
+# a few dozen positions through the weights should cost little more than running one, since
+# either way each weight is read once: $b_\text{without}$ would be small next to $a$, and the
+# cache would save little time on short sequences and much on long ones. That is an
+# expectation from the arithmetic, not a measurement. A further
+# step is to allocate the cache once for the whole context (a static cache), so that the decode
+# step has fixed shapes and can be compiled and captured as a CUDA graph
+# {cite}`pytorch2023gptfast`; chapter 11 builds that.
 #
 # ## What we have now
 #
 # - Per attention layer, a `KVCache` with keys and values `[batch, n_kv_heads, capacity,
-#   head_dim]` (here `[1, 3, capacity, 64]` in each of 30 layers), written at `start_pos` after
-#   RoPE; `model.cache_len` counts the positions written.
+#   head_dim]` (`[1, 3, capacity, 64]` in each of the bundled model's 30 layers), written at
+#   `start_pos` after RoPE; `model.cache_len` counts the positions written.
 # - `model(tokens, start_pos)`: the prompt at `start_pos=0` (`[1, seq]` in, `[1, seq, vocab]`
-#   logits out), then one token `[1, 1]` per step; checked against one call on the whole
-#   sequence and against transformers' own cache (both to 1e-4 in float32).
+#   logits out, or `[1, 1, vocab]` with `last_only=True`), then one token `[1, 1]` per step;
+#   checked against one call on the whole sequence, against recomputation at every step, and
+#   against transformers' own cache, within the tolerance of the model's dtype.
 # - The cost: $2 \cdot n_\text{layers} \cdot n_\text{kv\_heads} \cdot d_\text{head}$ numbers per
-#   token (512 KiB for Llama-2-7B in fp16; 45 KiB for the bundled model in fp32); the saving:
-#   one position per step instead of the whole sequence.
+#   token (512 KiB for Llama-2-7B in fp16, 524 MB for 1,000 tokens, twice a cache of residual
+#   states; 45 KiB for the bundled model in fp32); the saving: one position per step instead of
+#   the whole sequence, which in time is worth $b s / (a + b s)$ of a step.
 #
 # The attention sub-layer is complete. Its output is added to the residual stream, and chapter 8
 # turns to the block's other sub-layer: the SwiGLU feed-forward network, which works on each

@@ -140,13 +140,21 @@ def test_attention_probabilities_by_hand(model, tokens, run):
 
 
 def test_attention_with_kv_cache_matches_full_pass(model, tokens):
-    """Decoding the last token with start_pos > 0 gives the last row of the full pass's attention."""
+    """Decoding the last token with start_pos > 0 gives the last row of the full pass's attention.
+
+    The step runs on a model that has never held a cache (same weights): on the shared model, the full pass
+    would have left the right key of position 10 in the cache, so a step that does not write its own key,
+    or a lens that reads the whole cache instead of the positions written, would still pass. Here the cache
+    is made for the 10-token prompt and grows for the step."""
     _, full = lens.run_with_cache(model, tokens, names="attn.probs.*")
-    lens.run_with_cache(model, tokens[:, :-1], names="attn.probs.1")
-    _, step = lens.run_with_cache(model, tokens[:, -1:], names=["attn.probs.1", "attn.q.1"], start_pos=10)
+    cold = small_model()
+    assert all(torch.equal(a, b) for a, b in zip(cold.state_dict().values(), model.state_dict().values()))
+    lens.run_with_cache(cold, tokens[:, :-1], names="attn.probs.1")
+    _, step = lens.run_with_cache(cold, tokens[:, -1:], names=["attn.probs.1", "attn.q.1"], start_pos=10)
+    assert cold.layers[1].attention.cache.capacity > 11  # it grew: slots past position 10 exist, unwritten
     assert step["attn.probs.1"].shape == (2, 4, 1, 11)
     assert (step["attn.probs.1"][:, :, 0] - full["attn.probs.1"][:, :, -1]).abs().max().item() < 1e-5
-    assert hooks_left(model) == 0
+    assert hooks_left(model) == 0 and hooks_left(cold) == 0
 
 
 def test_hooks_removed_after_exception(model, tokens):

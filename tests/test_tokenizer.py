@@ -225,6 +225,16 @@ def test_smollm2_conventions(smol):
     assert all(smol.piece_to_id(smol.id_to_piece(i)) == i for i in range(smol.vocab_size))
 
 
+def test_bos_follows_each_tokenizers_convention(smol, llama2):
+    # Reference: the ids of transformers' tokenizer for the same GGUF, pinned by the slow test below, and
+    # the llama.cpp vector for "Hello world". bos=None (the default) follows add_bos: no BOS for SmolLM2,
+    # BOS for Llama 2; an explicit bos= wins either way.
+    assert smol.encode("The capital of France is") == [504, 3575, 282, 4649, 314]
+    assert smol.encode("The capital of France is", bos=True)[0] == smol.bos_id == 1
+    assert llama2.encode("Hello world") == [1, 15043, 3186]
+    assert llama2.encode("Hello world", bos=False) == [15043, 3186]
+
+
 @pytest.mark.slow
 def test_smollm2_capital_of_france_has_no_bos(smol, hf_smol):
     # Reference: transformers' tokenizer for the same GGUF (no BOS by default either).

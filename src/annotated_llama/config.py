@@ -28,6 +28,13 @@ class ModelArgs:
     hidden_dim: int | None = None  # explicit FFN size; None: derive it with Meta's rule
     head_dim: int | None = None  # None: dim // n_heads
     tie_word_embeddings: bool = False  # the output projection reuses the token embedding
+    # Llama 3.1's RoPE scaling (Meta: ``use_scaled_rope``; Hugging Face: rope_type "llama3"): long-wavelength
+    # frequencies are slowed by ``rope_scaling_factor``, short ones kept, the band between blended.
+    use_scaled_rope: bool = False
+    rope_scaling_factor: float = 8.0  # 8 for Llama 3.1 and 3.3, 32 for Llama 3.2
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_seq_len: int = 8192  # the context Llama 3 was pre-trained with
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -70,11 +77,10 @@ class ModelArgs:
     def from_meta_params(cls, params: dict, vocab_size: int | None = None) -> "ModelArgs":
         """From a Meta ``params.json``; ``vocab_size: -1`` there means 'ask the tokenizer'."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(params) - known - {"use_scaled_rope"}
+        unknown = set(params) - known
         if unknown:
             raise ValueError(f"params.json has fields this loader does not know: {sorted(unknown)}")
-        if params.get("use_scaled_rope"):
-            raise ValueError("params.json asks for Llama 3.1's scaled RoPE, which this package does not implement")
+        # Meta's reference code scales by 8 whenever use_scaled_rope is set; a params.json may say otherwise.
         kw = {k: v for k, v in params.items() if k in known}
         if kw.get("vocab_size", -1) in (-1, None):
             if vocab_size is None:
@@ -91,10 +97,21 @@ class ModelArgs:
                 f"config.json describes model_type {cfg.get('model_type')!r}; this package runs the "
                 "LLaMA architecture (model_type 'llama')"
             )
+        # transformers < 5 writes "rope_scaling" (null when unscaled) and "rope_theta"; transformers 5 writes
+        # "rope_parameters", which holds the theta too.
         scaling = cfg.get("rope_scaling") or (cfg.get("rope_parameters") or {})
         rope_type = scaling.get("rope_type", scaling.get("type", "default"))
-        if rope_type not in ("default", None):
-            raise ValueError(f"config.json asks for RoPE scaling {rope_type!r}, which this package does not implement")
+        if rope_type not in ("default", None, "llama3"):
+            raise ValueError(
+                f"config.json asks for RoPE scaling {rope_type!r}; this package implements Llama 3.1's "
+                "('llama3') and none other")
+        rope = {}
+        if rope_type == "llama3":
+            rope = dict(
+                use_scaled_rope=True, rope_scaling_factor=float(scaling["factor"]),
+                rope_low_freq_factor=float(scaling["low_freq_factor"]),
+                rope_high_freq_factor=float(scaling["high_freq_factor"]),
+                rope_original_max_seq_len=int(scaling["original_max_position_embeddings"]))
         theta = cfg.get("rope_theta", scaling.get("rope_theta", 10000.0))
         if cfg.get("attention_bias") or cfg.get("mlp_bias"):
             raise ValueError("config.json has attention or MLP biases; LLaMA has none")
@@ -112,6 +129,7 @@ class ModelArgs:
             max_seq_len=cfg.get("max_position_embeddings", 2048),
             head_dim=cfg.get("head_dim"),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            **rope,
         )
 
 
@@ -162,18 +180,29 @@ PRESETS: dict[str, dict] = {
         dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=128256, multiple_of=4096,
         ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=8192,
     ),
-    # Llama 3.1 keeps the Llama 3 shapes and stretches the context with scaled RoPE (counted here, not run).
+    # Llama 3.1 keeps the Llama 3 shapes and stretches the context to 128k with scaled RoPE.
     "llama3.1-8b": dict(
         dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=128256, multiple_of=1024,
-        ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072,
+        ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, use_scaled_rope=True,
     ),
     "llama3.1-70b": dict(
         dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=128256, multiple_of=4096,
-        ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072,
+        ffn_dim_multiplier=1.3, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, use_scaled_rope=True,
     ),
     "llama3.1-405b": dict(
         dim=16384, n_layers=126, n_heads=128, n_kv_heads=8, vocab_size=128256, multiple_of=4096,
-        ffn_dim_multiplier=1.2, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072,
+        ffn_dim_multiplier=1.2, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, use_scaled_rope=True,
+    ),
+    # Llama 3.2's small models: tied embeddings, RoPE scaled by 32 (their config.json's factor).
+    "llama3.2-1b": dict(
+        dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=128256, multiple_of=256,
+        ffn_dim_multiplier=1.5, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, use_scaled_rope=True,
+        rope_scaling_factor=32.0, tie_word_embeddings=True,
+    ),
+    "llama3.2-3b": dict(
+        dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, vocab_size=128256, multiple_of=256,
+        ffn_dim_multiplier=1.0, norm_eps=1e-5, rope_theta=500000.0, max_seq_len=131072, use_scaled_rope=True,
+        rope_scaling_factor=32.0, tie_word_embeddings=True,
     ),
     "tinyllama-1.1b": dict(
         dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, vocab_size=32000, hidden_dim=5632,

@@ -5,15 +5,19 @@ GPU (chapter 11):
 
 - a **static KV cache**: every layer's keys and values live in one preallocated
   ``[max_batch_size, n_kv_heads, max_seq_len, head_dim]`` tensor in the model's dtype, written in place. Shapes
-  never change from one step to the next, which is what CUDA graphs need;
-- the one-token step takes its **position as a device tensor**: the rotary angles and the row of a precomputed
-  causal mask are gathered with it, so no Python int that changes per step enters the step, and the step
-  attends over the whole preallocated length with ``F.scaled_dot_product_attention`` and that boolean mask row;
+  and addresses never change from one step to the next, which is what CUDA graphs need. Without a fixed
+  ``max_seq_len`` the cache only grows, through a few lengths (``cache_lengths``), so a shorter request after
+  a longer one reuses it;
+- the one-token step takes its **position as a device tensor**: the rotary angles are gathered with it and the
+  mask row is computed from it (``arange(L) <= pos``), so no Python int that changes per step enters the step;
+  the step attends over the whole allocated length with ``F.scaled_dot_product_attention`` and that mask, with
+  the query heads of a grouped-query group folded into the query-sequence dimension (no ``enable_gqa``), so
+  that a fused CUDA kernel accepts the call (see ``FastLlama._decode``);
 - **fused projections**: wq/wk/wv concatenated into one ``wqkv`` and w1/w3 into one ``w13`` once, at
   construction (one matrix-vector product instead of three, or two; on by default on CUDA only, since on a
   2-core CPU it measured no faster);
 - **no host-device syncs** in the decode loop: sampling on the device, new tokens written into a device buffer
-  that is copied to the host once at the end;
+  that is copied to the host once at the end; positions are checked on the host before the loop;
 - an optional **torch.compile** of the one-token step (``mode="reduce-overhead"`` on CUDA: CUDA graphs; the
   default mode on CPU); the prompt (prefill) runs separately, eager unless ``compile_prefill`` asks for a
   dynamic-shape compile.
@@ -31,7 +35,30 @@ from torch import nn
 
 from .model import Transformer
 
-CACHE_ROUNDING = 256  # with max_seq_len=None, cache lengths are rounded up to a multiple of this
+CACHE_MIN = 256  # with max_seq_len=None: the smallest cache
+MAX_CACHE_LENGTHS = 6  # ... and at most this many cache lengths, so compiled graphs stay below dynamo's limit (8)
+
+
+def cache_lengths(context: int) -> list[int]:
+    """The cache lengths used when none is fixed, ascending: 256, then growing by a factor of 2 (or 4, 8... for
+    contexts too long to reach in ``MAX_CACHE_LENGTHS`` doublings), then the context itself. 8192: 256 ... 8192
+    (6 lengths); 131,072: 256, 1024, 4096, 16384, 65536, 131072."""
+    doublings = math.log2(max(context, CACHE_MIN) / CACHE_MIN)
+    ratio = 2 ** max(1, math.ceil(doublings / (MAX_CACHE_LENGTHS - 1)))
+    lengths, n = [], CACHE_MIN
+    while n < context:
+        lengths.append(n)
+        n *= ratio
+    return lengths + [context]
+
+
+def cache_bucket(needed: int, context: int) -> int:
+    """The cache length for ``needed`` positions (at most ``context``) when none is fixed: the shortest of
+    ``cache_lengths(context)`` that holds them. Few lengths, so few compiled steps: at most ``MAX_CACHE_LENGTHS``
+    per batch size, and at most twice the positions needed for contexts up to 8192."""
+    if not 0 < needed <= context:
+        raise ValueError(f"{needed} positions needed but the model's context is {context}")
+    return next(length for length in cache_lengths(context) if length >= needed)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -80,28 +107,44 @@ class FastLlama(nn.Module):
     a compiled one-token step.
 
     ``max_seq_len``: the static cache length (every decode step attends over all of it, so keep it near what
-    you need). None: sized per request, prompt + new tokens rounded up to a multiple of 256, at most the
-    model's context. ``fuse`` (default: on CUDA only, where it saves kernel launches; on a CPU it measured no
-    faster): concatenate wq/wk/wv and w1/w3 (and, with ``alias_model_weights``, re-point the
-    model's own wq/wk/wv/w1/w3 at row slices of the fused tensors, so the weights are in memory once; values
-    are unchanged). ``compile``: torch.compile the one-token step. Everything else shares the model's tensors.
+    you need). None: the cache is allocated at the first request and only grows (``cache_bucket``: the
+    shortest of at most six lengths from 256 to the model's context that holds the request); it is never
+    shrunk, so a short request after a long one reuses the long one's cache (and attends over its length).
+    ``fuse`` (default: on CUDA only, where it saves kernel launches; on a CPU it measured no faster):
+    concatenate wq/wk/wv and w1/w3 (and, with ``alias_model_weights``, re-point the model's own
+    wq/wk/wv/w1/w3 at row slices of the fused tensors, so the weights are in memory once; values are
+    unchanged). ``compile``: torch.compile the one-token step (``compile_backend``: "inductor", or another
+    torch.compile backend, e.g. a counting one in the tests). Everything else shares the model's tensors.
+
+    Recompilation: the compiled step is specialised on shapes (``dynamic=False``), not on the instance, so
+    FastLlama objects of one model shape share their compiled graphs, and a new graph is compiled once per
+    distinct (cache length, batch): with a fixed ``max_seq_len`` one per batch size; without, at most
+    ``MAX_CACHE_LENGTHS`` (6) per batch size. torch.compile raises beyond ``torch._dynamo.config.recompile_limit``
+    (8) graphs of one code object under ``fullgraph=True``, a limit shared by every model shape compiled in
+    the process (``torch._dynamo.reset()`` clears it).
     """
 
     def __init__(self, model: Transformer, max_batch_size: int = 1, max_seq_len: int | None = None,
                  compile: bool = False, fuse: bool | None = None, alias_model_weights: bool = True,
-                 compile_prefill: bool = False):
+                 compile_prefill: bool = False, compile_backend="inductor"):
         super().__init__()
         a = model.args
         if fuse is None:  # measured on a 2-core CPU: no gain there (within 2%); on a GPU it saves launches
             fuse = model.device.type == "cuda"
         self.args, self.fuse = a, fuse
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
+        self.n_rep = a.n_heads // a.n_kv_heads  # query heads per key/value head
         self.eps = a.norm_eps
         self.device, self.dtype = model.device, model.dtype
         if max_seq_len is not None and not 0 < max_seq_len <= a.max_seq_len:
             raise ValueError(f"max_seq_len must be in 1..{a.max_seq_len} (the model's context), got {max_seq_len}")
         self.fixed_seq_len = max_seq_len
         self.max_batch_size = max_batch_size
+        # Prefill with grouped-query attention: CUDA's flash kernel takes enable_gqa, but needs compute capability
+        # 8.0 or more; on older GPUs (a T4 is 7.5) the fused kernel left is the memory-efficient one, which in some
+        # torch versions refuses enable_gqa, so there the prompt's keys/values are repeated per query head instead
+        # (a transient [batch, n_heads, seq, head_dim] copy of the prompt's K/V, not of the cache).
+        self.gqa_in_kernel = self.device.type != "cuda" or torch.cuda.get_device_capability(self.device) >= (8, 0)
 
         def share(t: torch.Tensor) -> torch.Tensor:
             return t.detach()  # the same storage, outside autograd
@@ -129,7 +172,7 @@ class FastLlama(nn.Module):
         self.rope_cos, self.rope_sin = freqs.real.contiguous(), freqs.imag.contiguous()
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
-        self.causal = torch.empty(0, 0, dtype=torch.bool, device=self.device)
+        self.key_pos = torch.empty(0, dtype=torch.long, device=self.device)  # [L]: 0, 1, ..., L - 1
         self.cache_len_alloc = 0
         if max_seq_len is not None:
             self.setup_cache(max_batch_size, max_seq_len)
@@ -138,11 +181,12 @@ class FastLlama(nn.Module):
         self._step = self._decode
         self._prefill_fn = self._forward
         if compile:
-            on_cuda = self.device.type == "cuda"
-            self._step = torch.compile(self._decode, mode="reduce-overhead" if on_cuda else None, fullgraph=True,
-                                       dynamic=False)
+            # CUDA graphs ("reduce-overhead") are an inductor mode; other backends take no mode.
+            cuda_graphs = self.device.type == "cuda" and compile_backend == "inductor"
+            self._step = torch.compile(self._decode, backend=compile_backend, fullgraph=True, dynamic=False,
+                                       mode="reduce-overhead" if cuda_graphs else None)
         if compile_prefill:
-            self._prefill_fn = torch.compile(self._forward, dynamic=True)
+            self._prefill_fn = torch.compile(self._forward, backend=compile_backend, dynamic=True)
 
     @staticmethod
     def _fuse(module: nn.Module, names: tuple[str, ...], alias: bool) -> torch.Tensor:
@@ -154,7 +198,9 @@ class FastLlama(nn.Module):
         key = "_fused_" + "".join(names)
         fused = getattr(module, key, None)
         if fused is not None:  # still the storage of every weight, at the right rows?
-            starts = [0, *torch.tensor([w.shape[0] for w in weights]).cumsum(0).tolist()]
+            starts = [0]
+            for w in weights:
+                starts.append(starts[-1] + w.shape[0])
             if fused.shape[0] == starts[-1] and all(
                     w.data_ptr() == fused[s].data_ptr() and w.dtype == fused.dtype for w, s in zip(weights, starts)):
                 return fused
@@ -170,21 +216,26 @@ class FastLlama(nn.Module):
 
     # --- the static cache -------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_seq_len: int) -> None:
-        """Allocate the static caches ([batch, n_kv_heads, max_seq_len, head_dim] per layer, model dtype) and
-        the causal mask (bool [max_seq_len, max_seq_len]: row p lets position p see keys 0..p)."""
+        """Allocate the static caches ([batch, n_kv_heads, max_seq_len, head_dim] per layer, model dtype) and the
+        key positions 0..max_seq_len - 1 that the decode step compares with its position."""
+        self.k_cache, self.v_cache = [], []  # free the old caches before allocating: one set in memory at a time
         shape = (batch, self.n_kv_heads, max_seq_len, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
-        if self.device.type == "cuda":  # fixed addresses: CUDA graphs may treat the caches as static inputs
-            for t in self.k_cache + self.v_cache:
-                torch._dynamo.mark_static_address(t)
-        self.causal = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool, device=self.device).tril_()
+        self.key_pos = torch.arange(max_seq_len, device=self.device)
+        if self.device.type == "cuda":
+            # Fixed addresses: CUDA graphs read the caches in place instead of copying them in at every replay.
+            # Unguarded: a new cache (a new instance, a grown cache) re-records the graph, it does not recompile.
+            for t in self.k_cache + self.v_cache + [self.key_pos]:
+                torch._dynamo.mark_static_address(t, guard=False)
         self.max_batch_size, self.cache_len_alloc = batch, max_seq_len
 
     def cache_nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k_cache + self.v_cache)
 
     def _ensure_cache(self, batch: int, needed: int) -> None:
+        """Make sure ``batch`` sequences of ``needed`` positions fit; raise a ValueError (on the host, before any
+        device work) if they cannot."""
         if needed > self.args.max_seq_len:
             raise ValueError(f"{needed} positions needed but the model's context is {self.args.max_seq_len}")
         if self.fixed_seq_len is not None:
@@ -196,9 +247,10 @@ class FastLlama(nn.Module):
             if not self.k_cache:
                 self.setup_cache(self.max_batch_size, self.fixed_seq_len)
             return
-        length = min(self.args.max_seq_len, math.ceil(needed / CACHE_ROUNDING) * CACHE_ROUNDING)
-        if not self.k_cache or length != self.cache_len_alloc or batch > self.max_batch_size:
-            self.setup_cache(max(batch, self.max_batch_size), length)
+        if self.k_cache and needed <= self.cache_len_alloc and batch <= self.max_batch_size:
+            return  # it fits: a shorter request reuses the cache (no reallocation, no new compiled graph)
+        length = max(cache_bucket(needed, self.args.max_seq_len), self.cache_len_alloc)  # grow only
+        self.setup_cache(max(batch, self.max_batch_size), length)
 
     # --- the layers ---------------------------------------------------------------------------------------
     def _qkv(self, w: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,7 +275,8 @@ class FastLlama(nn.Module):
         k = rope(k.view(batch, seq, self.n_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
         v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [b, heads, seq, hd]
         write(i, k, v)
-        out = attend(i, q, k, v).transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
+        out = attend(i, q, k, v)  # [b, n_heads, seq, hd]
+        out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
         h = x + F.linear(out, w["wo"])
         return h + self._ffn(w, rms_norm(h, w["ffn_norm"], self.eps))
 
@@ -231,17 +284,23 @@ class FastLlama(nn.Module):
         return F.linear(rms_norm(h, self.norm_weight, self.eps), self.output).float()
 
     def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Prefill from position 0: tokens [batch, seq] -> float32 logits of the last position [batch, vocab]."""
+        """Prefill from position 0: tokens [batch, seq] -> float32 logits of the last position [batch, vocab].
+
+        The prompt attends to itself only (nothing older is in the cache), with ``is_causal=True`` and no mask:
+        the call the flash kernel takes, with grouped-query attention (``enable_gqa``) on GPUs that have it."""
         batch, seq = tokens.shape
         cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
-        gqa = self.n_kv_heads != self.n_heads
+        repeat_kv = self.n_rep > 1 and not self.gqa_in_kernel
 
         def write(i, k, v):
             self.k_cache[i][:batch, :, :seq] = k
             self.v_cache[i][:batch, :, :seq] = v
 
-        def attend(i, q, k, v):  # the prompt attends to itself: causal, nothing older in the cache
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        def attend(i, q, k, v):
+            if repeat_kv:  # [b, n_kv_heads, seq, hd] -> [b, n_heads, seq, hd]
+                k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                  enable_gqa=self.n_rep > 1 and not repeat_kv)
 
         h = F.embedding(tokens, self.tok_embeddings)  # [batch, seq, dim]
         for i in range(len(self.layers)):
@@ -250,13 +309,24 @@ class FastLlama(nn.Module):
 
     def _decode(self, token: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """One token per sequence at position ``pos`` (a 1-element long tensor on the device): token [batch]
-        -> float32 logits [batch, vocab]. Every shape here is fixed: attention runs over the whole cache."""
+        -> float32 logits [batch, vocab]. Every shape here is fixed: attention runs over the whole cache.
+
+        The attention call is shaped so that a fused CUDA kernel takes it, every step, with fixed shapes:
+        - Not sliced to the valid length pos + 1: a length read from a device tensor would make the shapes
+          data-dependent (no CUDA graph; a recompile per length). The whole cache, L slots, is attended over,
+          with a mask row ``arange(L) <= pos`` hiding the empty and stale slots.
+        - A mask rules out the flash kernel, which takes none; the memory-efficient kernel (and cuDNN's) take
+          a mask, but not together with ``enable_gqa`` in the torch versions we support: with both, SDPA falls
+          back to the math kernel, which repeats K/V for every query head and writes the scores out in float32.
+        - So no ``enable_gqa``: the n_rep query heads that share a key/value head are folded into the query
+          sequence dimension, q [b, n_heads, 1, hd] -> [b, n_kv_heads, n_rep, hd]. They all sit at the same
+          position, so one mask row, broadcast as [1, 1, 1, L], serves them all. K/V are read once per KV head.
+        """
         batch = token.shape[0]
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # [1, hd/2], gathered by a tensor index
-        mask = self.causal[pos][None, None]  # [1, 1, 1, max_seq]: keys 0..pos visible
-        gqa = self.n_kv_heads != self.n_heads
+        mask = (self.key_pos <= pos)[None, None, None]  # [1, 1, 1, L]: keys 0..pos visible
 
-        def caches(i):  # [batch, n_kv_heads, max_seq, head_dim]
+        def caches(i):  # [batch, n_kv_heads, L, head_dim]
             kc, vc = self.k_cache[i], self.v_cache[i]
             return (kc, vc) if batch == kc.shape[0] else (kc[:batch], vc[:batch])
 
@@ -267,7 +337,9 @@ class FastLlama(nn.Module):
 
         def attend(i, q, k, v):
             kc, vc = caches(i)
-            return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=gqa)
+            q = q.reshape(batch, self.n_kv_heads, self.n_rep, self.head_dim)  # a group's heads as n_rep queries
+            out = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)  # [b, n_kv_heads, n_rep, hd]
+            return out.reshape(batch, self.n_heads, 1, self.head_dim)
 
         h = F.embedding(token[:, None], self.tok_embeddings)  # [batch, 1, dim]
         for i in range(len(self.layers)):
@@ -278,8 +350,8 @@ class FastLlama(nn.Module):
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, reserve: int = 1) -> torch.Tensor:
         """Run the prompt ([batch, seq] ids, or [seq]) from position 0, filling the cache; returns float32
-        logits of its last position [batch, vocab]. ``reserve``: positions to keep free for decoding when the
-        cache is sized per request."""
+        logits of its last position [batch, vocab]. ``reserve``: positions after the prompt that decode steps
+        will use; the cache must hold seq + reserve (checked here, on the host)."""
         tokens = torch.as_tensor(tokens, device=self.device).long()
         if tokens.dim() == 1:
             tokens = tokens[None]
@@ -289,8 +361,15 @@ class FastLlama(nn.Module):
 
     @torch.inference_mode()
     def decode_step(self, token: torch.Tensor, pos) -> torch.Tensor:
-        """One new token per sequence (token: [batch] or [batch, 1] ids) at position ``pos`` (an int, or better
-        a 1-element long tensor on the device, which costs no host transfer) -> float32 logits [batch, vocab]."""
+        """One new token per sequence (token: [batch] or [batch, 1] ids) at position ``pos`` -> float32 logits
+        [batch, vocab].
+
+        ``pos``: an int (checked against the cache), or better a 1-element long tensor on the device, which costs
+        no host transfer and is not checked: reading it would be a sync, and a position past the cache would end
+        in a device-side assert that poisons the CUDA context. ``generate`` checks its positions on the host
+        before its loop; a caller passing tensors must do the same."""
+        if not self.k_cache:
+            raise ValueError("no cache yet: call prefill first")
         token = torch.as_tensor(token, device=self.device).long().reshape(-1)
         if not isinstance(pos, torch.Tensor):
             if not 0 <= pos < self.cache_len_alloc:
@@ -307,9 +386,11 @@ class FastLlama(nn.Module):
         """Generate ``max_new_tokens`` ids after ``prompt_ids`` (list[int], or [batch, seq] ids).
 
         The loop never waits for the device: positions are a device tensor, sampling happens on the device, new
-        ids go into a device buffer, copied to the host once at the end. ``stop_ids``: the result is cut before
-        the first of them (the loop itself runs on, since checking would need a sync). Returns list[int] for
-        one prompt, list[list[int]] for a batch.
+        ids go into a device buffer, copied to the host once at the end. The positions the loop will use are
+        known before it starts, so they are checked then, on the host. ``stop_ids``: the result is cut before
+        the first of them (the loop itself runs on, since checking would need a sync). ``seed``: None draws a
+        fresh seed for this call's own generator, leaving torch's global random state alone. Returns list[int]
+        for one prompt, list[list[int]] for a batch.
         """
         prompt = torch.as_tensor(prompt_ids, device=self.device).long()
         single = prompt.dim() == 1
@@ -320,8 +401,14 @@ class FastLlama(nn.Module):
         generator = None
         if temperature > 0:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed if seed is not None else torch.seed())
-        logits = self.prefill(prompt, reserve=max_new_tokens)
+            if seed is None:
+                generator.seed()  # a non-deterministic seed for this generator only (torch.seed() would re-seed
+                # the global CPU and CUDA generators as a side effect)
+            else:
+                generator.manual_seed(seed)
+        # Decode steps run at positions seq .. seq + max_new_tokens - 2 (the last sampled token is not fed back):
+        # prefill checks that they fit, before anything runs on the device.
+        logits = self.prefill(prompt, reserve=max_new_tokens - 1)
         out = torch.empty(batch, max_new_tokens, dtype=torch.long, device=self.device)  # the device buffer
         pos = torch.tensor([seq], dtype=torch.long, device=self.device)
         for step in range(max_new_tokens):

@@ -60,7 +60,10 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int, temperature:
     generator = None
     if temperature > 0:
         generator = torch.Generator(device=device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        if seed is None:  # a fresh seed for this generator only; torch.seed() would re-seed the global generators
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     logits = model(tokens, start_pos=0)[:, -1]  # prefill: the whole prompt at once
     pos = len(prompt_ids)

@@ -26,8 +26,17 @@ _DTYPES = {
 }
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Does this CUDA GPU compute in bf16 natively (compute capability 8.0 or more: A100, L4, H100)?
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it counts emulation and answers True on a T4 (7.5),
+    where bf16 is slow and torch.compile's inductor refuses to generate bf16 code.
+    """
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
-    """Defaults: CUDA in bf16 (fp16 on GPUs without bf16) when a GPU is present, else CPU in float32."""
+    """Defaults: CUDA when a GPU is present, in bf16 where the GPU has it natively, else fp16; CPU in float32."""
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(dtype, str):
@@ -36,7 +45,7 @@ def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
         dtype = _DTYPES[dtype.lower()]
     if dtype is None:
         if device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            dtype = torch.bfloat16 if native_bf16(device) else torch.float16
         else:
             dtype = torch.float32
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -78,10 +87,23 @@ def _bundled_tokenizer(name: str):
 
 
 def _hub_snapshot(repo_id: str) -> Path:
+    """Download a hub model: its config.json first, checked, and only then the weights."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import hf_hub_download, snapshot_download
     except ImportError as e:
         raise ValueError(f"{repo_id!r} looks like a Hugging Face id, but huggingface_hub is not installed") from e
+    try:
+        config_path = Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as e:
+        raise ValueError(
+            f"could not download config.json of {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). "
+            "Check the id, your network, and for gated models (meta-llama/*) that you accepted the licence "
+            "and logged in (huggingface_hub.login())."
+        ) from e
+    try:  # a model this package cannot run is refused before gigabytes of weights are fetched
+        ModelArgs.from_hf_config(json.loads(config_path.read_text()))
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{repo_id}: {e}") from e
     try:
         return Path(snapshot_download(
             repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
@@ -93,8 +115,12 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from e
 
 
-def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu")):
-    """Find what ``source`` names and read it: returns (args, state_dict, tokenizer)."""
+def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu"), dtype: torch.dtype | None = None):
+    """Find what ``source`` names and read it: returns (args, state_dict, tokenizer).
+
+    GGUF files are dequantized tensor by tensor straight into ``dtype`` (when given) and onto ``device``, so a
+    7B GGUF never sits in host memory as float32.
+    """
     if isinstance(source, str) and source.lower() in BUNDLED:
         args, sd = _bundled_state_dict(source.lower())
         return args, sd, _bundled_tokenizer(source.lower())
@@ -102,11 +128,11 @@ def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu
     if path.is_file():
         if path.suffix != ".gguf":
             raise ValueError(f"{path} is a file but not a .gguf; give a .gguf file or a checkpoint directory")
-        args, sd = read_gguf(path)
+        args, sd = read_gguf(path, dtype=dtype, device=device)
         return args, sd, load_tokenizer(path)
     if path.is_dir():
         if (path / "config.json").is_file():
-            args, sd = read_hf_dir(path, device=device)
+            args, sd = read_hf_dir(path, device=device, dtype=dtype)
             names = [n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()]
             if not names:
                 raise CheckpointError(f"{path} has config.json but no tokenizer.model or tokenizer.json")
@@ -122,7 +148,7 @@ def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu
             f"{path} is a directory but holds neither config.json (Hugging Face) nor params.json (Meta)")
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists():
-        return read_checkpoint(_hub_snapshot(text), device)
+        return read_checkpoint(_hub_snapshot(text), device, dtype)
     raise ValueError(
         f"unknown model {text!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing .gguf file or "
         "checkpoint directory, and not a Hugging Face id of the form 'org/name'"
@@ -151,7 +177,7 @@ def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_se
     ``max_seq_len`` shortens the context (and the RoPE table) below the checkpoint's.
     """
     device, dtype = resolve_device_dtype(device, dtype)
-    args, sd, tokenizer = read_checkpoint(source, device=device)
+    args, sd, tokenizer = read_checkpoint(source, device=device, dtype=dtype)
     if max_seq_len is not None:
         args = args.replace(max_seq_len=min(max_seq_len, args.max_seq_len))
     if tokenizer.vocab_size > args.vocab_size:

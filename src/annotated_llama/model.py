@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 
 from .cache import KVCache
 from .config import ModelArgs
@@ -26,19 +27,39 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Square and average in float32: in bf16 the sum of 4096 squares loses most of its digits.
+        # Square and average in float32: in float16 any |x| above 256 squares past the largest float16
+        # (65,504) to inf, and residual streams grow far beyond that (chapter 4).
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return normed.type_as(x) * self.weight
 
 
 # --- RoPE ----------------------------------------------------------------------------------------------
-def precompute_freqs_cis(head_dim: int, end: int, theta: float = 10000.0) -> torch.Tensor:
-    """e^{i·m·θ_j} for positions m < end and pair j < head_dim/2, with θ_j = theta^(-2j/head_dim).
+def rope_frequencies(head_dim: int, theta: float = 10000.0, args: ModelArgs | None = None) -> torch.Tensor:
+    """θ_j = theta^(-2j/head_dim) radians per position for pair j < head_dim/2, float32 ``[head_dim // 2]``.
+
+    With ``args.use_scaled_rope`` (Llama 3.1 and later), Meta's rule stretches the slow pairs for a longer
+    context: a pair whose wavelength 2π/θ_j exceeds original/low_freq_factor turns ``factor`` times slower,
+    one shorter than original/high_freq_factor keeps its speed, and the band between blends the two.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if args is None or not args.use_scaled_rope:
+        return inv_freq
+    factor, low, high = args.rope_scaling_factor, args.rope_low_freq_factor, args.rope_high_freq_factor
+    original = args.rope_original_max_seq_len
+    wavelength = 2 * torch.pi / inv_freq
+    # 0 at the long-wavelength end of the band, 1 at the short one
+    smooth = ((original / wavelength - low) / (high - low)).clamp(0.0, 1.0)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
+
+
+def precompute_freqs_cis(head_dim: int, end: int, theta: float = 10000.0,
+                         args: ModelArgs | None = None) -> torch.Tensor:
+    """e^{i·m·θ_j} for positions m < end and pair j < head_dim/2 (θ_j from ``rope_frequencies``).
 
     Returns complex64 ``[end, head_dim // 2]``.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = rope_frequencies(head_dim, theta, args)
     angles = torch.outer(torch.arange(end, dtype=torch.float32), inv_freq)  # [end, head_dim/2]
     return torch.polar(torch.ones_like(angles), angles)
 
@@ -84,16 +105,20 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.cache is not None:
             k, v = self.cache.update(start_pos, k, v)  # [batch, n_kv_heads, start_pos + seq, head_dim]
-        if seq == 1:
-            mask, is_causal = None, False  # one new query may see every cached key
-        elif start_pos == 0:
-            mask, is_causal = None, True  # square causal mask, built inside the kernel
-        else:
-            mask, is_causal = causal_mask(seq, start_pos, x.device), False
         # softmax(q·kᵀ/√head_dim + mask)·v; enable_gqa lets each group of n_rep query heads read one KV head.
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )  # [batch, n_heads, seq, head_dim]
+        # Never a mask together with GQA: on CUDA the flash kernel takes GQA but no mask, the memory-efficient
+        # kernel a mask but no GQA, so the pair would leave only the slow math kernel.
+        gqa = self.n_kv_heads != self.n_heads
+        if seq == 1:  # one new query may see every cached key: no mask at all
+            out = F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        elif start_pos == 0:  # the square causal mask, built inside the kernel
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        else:  # a chunk after cached positions: causal, aligned to the bottom-right corner of the scores
+            if gqa:  # rare (chunked prefill): expand K/V so that the kernel needs no GQA support
+                n_rep = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(seq, k.shape[2]))
+        # out: [batch, n_heads, seq, head_dim]
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
         return self.wo(out)
 
@@ -171,7 +196,7 @@ class Transformer(nn.Module):
     def freqs_cis(self, device: torch.device) -> torch.Tensor:
         if device not in self._freqs_cis:
             a = self.args
-            self._freqs_cis[device] = precompute_freqs_cis(a.head_dim, a.max_seq_len, a.rope_theta).to(device)
+            self._freqs_cis[device] = precompute_freqs_cis(a.head_dim, a.max_seq_len, a.rope_theta, a).to(device)
         return self._freqs_cis[device]
 
     def setup_cache(self, batch: int, capacity: int | None = None) -> None:
@@ -229,7 +254,12 @@ class Transformer(nn.Module):
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.args.vocab_size})")
 
-    def forward(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, start_pos: int = 0, *, last_only: bool = False) -> torch.Tensor:
+        """Token ids [batch, seq] at positions start_pos.. -> float32 logits [batch, seq, vocab_size].
+
+        ``last_only``: logits of the last position only, [batch, 1, vocab_size]: all that generation needs,
+        and for a long prompt far less memory (2,048 positions × 128,256 float32 logits are 1 GB).
+        """
         self._validate(tokens, start_pos)
         batch, seq = tokens.shape
         if start_pos == 0 and not self._cache_reusable(batch):
@@ -240,6 +270,8 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)  # [batch, seq, dim]
         for layer in self.layers:
             h = layer(h, start_pos, freqs_cis)  # the residual stream, [batch, seq, dim]
+        if last_only:
+            h = h[:, -1:]  # [batch, 1, dim]
         h = self.norm(h)
         self.cache_len = start_pos + seq
-        return self.output(h).float()  # [batch, seq, vocab_size]
+        return self.output(h).float()  # [batch, seq (or 1), vocab_size]

@@ -6,6 +6,8 @@
 * ``ByteLevelBPETokenizer``: GPT-2 style byte-level BPE, as in the bundled SmolLM2 and in Llama 3. The
   text is cut into chunks by a regular expression, every byte of a chunk is spelled as one printable
   character, and merges learned in training glue those characters into tokens.
+* ``TiktokenTokenizer``: Meta's own Llama 3 ``tokenizer.model``, the same byte-level BPE stored the way
+  OpenAI's ``tiktoken`` stores it (each token's bytes in base64 with its merge rank), read with tiktoken.
 
 Both answer the same small interface (``encode``, ``decode``, ``bos_id``, ``eos_id``, ``vocab_size``,
 ``add_bos``, ``id_to_piece``, ``piece_to_id``), so the rest of the package never asks which one it holds.
@@ -482,6 +484,90 @@ class JSONTokenizer(Tokenizer):
         return i
 
 
+class TiktokenTokenizer(Tokenizer):
+    """Meta's Llama 3 ``tokenizer.model``: 128,000 byte-level BPE tokens (base64 bytes and rank per line),
+    then 256 special tokens, as Meta's ``llama3/tokenizer.py`` defines them."""
+
+    # Llama 3's pre-tokenizer: like GPT-2's, but case-insensitive contractions and numbers of at most 3 digits.
+    PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    # The first special tokens, by name (Llama 3.1's list); the rest up to 256 are reserved.
+    SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+               "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>", "<|start_header_id|>",
+               "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", "<|image|>"]
+    N_SPECIAL = 256
+
+    def __init__(self, path: str | os.PathLike):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        path = Path(path)
+        try:
+            ranks = load_tiktoken_bpe(str(path))
+        except Exception as e:
+            raise ValueError(f"{path} is not a tiktoken BPE file ({type(e).__name__}: {e})") from e
+        names = self.SPECIAL + [f"<|reserved_special_token_{2 + i}|>"
+                                for i in range(self.N_SPECIAL - len(self.SPECIAL))]
+        self.special = {name: len(ranks) + i for i, name in enumerate(names)}
+        self.enc = tiktoken.Encoding(name=path.name, pat_str=self.PATTERN, mergeable_ranks=ranks,
+                                     special_tokens=self.special)
+        self.vocab_size = len(ranks) + len(names)
+        self.bos_id, self.eos_id = self.special["<|begin_of_text|>"], self.special["<|end_of_text|>"]
+        self.add_bos = True  # Meta's generation code starts every prompt with <|begin_of_text|>
+        self._pieces = {i: b for b, i in ranks.items()}
+
+    def _encode_text(self, text: str) -> list[int]:
+        # Special-token text such as "<|eot_id|>" in a prompt stays plain text, as in Meta's default.
+        return self.enc.encode(text, disallowed_special=())
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        return self.enc.decode(ids)
+
+    def id_to_piece(self, i: int) -> str:
+        i = self._check_id(i)
+        if i in self._pieces:  # the token's bytes, shown in the byte-level spelling of the other tokenizers
+            return "".join(_BYTE_TO_CHAR[b] for b in self._pieces[i])
+        return next(name for name, j in self.special.items() if j == i)
+
+    def piece_to_id(self, piece: str) -> int:
+        if piece in self.special:
+            return self.special[piece]
+        try:
+            data = bytes(_CHAR_TO_BYTE[c] for c in piece)
+            return self.enc.encode_single_token(data)
+        except Exception:  # a character outside the byte alphabet, or bytes that are no single token
+            raise KeyError(f"{piece!r} is not a piece of this vocabulary") from None
+
+
+def _byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (printable bytes stand for themselves, the rest are moved
+    up past 255), so byte-level tokens can be shown as text: a space is "Ġ", a newline "Ċ"."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_TO_CHAR = _byte_level_alphabet()
+_CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
+
+
+def is_tiktoken_file(path: Path) -> bool:
+    """Does ``path`` look like a tiktoken BPE file (``<base64> <rank>`` lines) rather than a SentencePiece
+    protobuf?"""
+    import re
+
+    with open(path, "rb") as f:
+        head = f.read(256)
+    first = head.split(b"\n", 1)[0]
+    return re.fullmatch(rb"[A-Za-z0-9+/=]+ \d+", first) is not None
+
+
 # --------------------------------------------------------------------------------------------------
 # One entry point
 # --------------------------------------------------------------------------------------------------
@@ -509,11 +595,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if path.name.endswith("tokenizer.json"):
         return JSONTokenizer(path)
     if path.suffix == ".model":
+        if is_tiktoken_file(path):
+            return TiktokenTokenizer(path)
         try:
             return SentencePieceTokenizer.from_file(path)
         except ValueError as e:
             raise ValueError(f"{path}: {e}; expected a SentencePiece tokenizer.model") from e
     raise ValueError(
-        f"{path}: cannot tell which tokenizer this is; expected a .gguf file with a tokenizer or a "
-        "SentencePiece tokenizer.model or a Hugging Face tokenizer.json"
+        f"{path}: cannot tell which tokenizer this is; expected a .gguf file with a tokenizer, a "
+        "tokenizer.model (SentencePiece, or tiktoken for Llama 3) or a Hugging Face tokenizer.json"
     )

@@ -116,8 +116,35 @@ def args_from_gguf(reader, path: Path) -> ModelArgs:
     )
 
 
-def read_gguf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
-    """Dequantize every tensor of a llama GGUF to float32 (q/k stay in Meta's layout, as GGUF stores them)."""
+def _llama3_rope_args(factors: np.ndarray, args: ModelArgs, reader, path: Path) -> ModelArgs:
+    """The Llama 3.1 RoPE scaling that produced llama.cpp's ``rope_freqs`` tensor.
+
+    llama.cpp stores the rule's result, one divisor per frequency (1 for fast pairs, the factor for slow ones);
+    read the factor off it, take the other constants from the metadata or Meta's defaults, and check that the
+    rule with those constants gives back every stored divisor.
+    """
+    from .model import rope_frequencies
+
+    original = gguf_field(reader, "llama.rope.scaling.original_context_length", 8192)
+    scaled = args.replace(use_scaled_rope=True, rope_scaling_factor=float(factors.max()),
+                          rope_original_max_seq_len=int(original))
+    plain = rope_frequencies(args.head_dim, args.rope_theta)
+    expected = (plain / rope_frequencies(args.head_dim, args.rope_theta, scaled)).numpy()
+    if factors.shape != expected.shape or not np.allclose(factors, expected, rtol=1e-4):
+        raise CheckpointError(
+            f"{path}: its rope_freqs tensor does not follow Llama 3.1's RoPE scaling rule (factor "
+            f"{factors.max():g}, low/high frequency factors 1/4, original context {original}); this package "
+            "implements that rule only")
+    return scaled
+
+
+def read_gguf(path: str | Path, dtype: torch.dtype | None = None,
+              device: str | torch.device = "cpu") -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """Dequantize every tensor of a llama GGUF (q/k stay in Meta's layout, as GGUF stores them).
+
+    One tensor at a time: dequantized to float32, then converted to ``dtype`` (default float32) on ``device``
+    before the next, so the float32 copy of the whole model never exists.
+    """
     from gguf import GGMLQuantizationType, dequantize
 
     path = Path(path)
@@ -125,6 +152,10 @@ def read_gguf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     args = args_from_gguf(reader, path)
     sd = {}
     for t in reader.tensors:
+        if t.name == "rope_freqs.weight":  # Llama 3.1 RoPE scaling, stored as per-frequency divisors
+            args = _llama3_rope_args(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).ravel(),
+                                     args, reader, path)
+            continue
         m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.weight", t.name)
         if not m or m.group(2) not in _GGUF_NAMES:
             raise CheckpointError(f"{path}: unknown tensor {t.name!r} for the llama architecture")
@@ -135,7 +166,7 @@ def read_gguf(path: str | Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
         array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             array = array.reshape([int(n) for n in reversed(t.shape)])
-        sd[name] = torch.from_numpy(array.copy())
+        sd[name] = torch.from_numpy(array.copy()).to(device=device, dtype=dtype or torch.float32)
     check_state_dict(args, sd, str(path))
     return args, sd
 
@@ -164,10 +195,12 @@ def hf_name_to_meta(name: str) -> str | None:
     raise CheckpointError(f"unknown tensor {name!r} in a Hugging Face LLaMA checkpoint")
 
 
-def read_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+def read_hf_dir(path: str | Path, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     """A Hugging Face model directory: config.json and model.safetensors (or shards with an index).
 
-    Tensors are read straight onto ``device``, one at a time, so a 7B model never sits in host memory whole.
+    Tensors are read straight onto ``device`` and converted to ``dtype`` (default: as stored) one at a time,
+    so a 7B model never sits in host memory whole, nor twice in two dtypes.
     """
     from safetensors import safe_open
 
@@ -194,7 +227,8 @@ def read_hf_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[M
                 for name in f.keys():
                     meta_name = hf_name_to_meta(name)
                     if meta_name is not None:
-                        sd[meta_name] = f.get_tensor(name)
+                        tensor = f.get_tensor(name)
+                        sd[meta_name] = tensor if dtype is None else tensor.to(dtype)
         except CheckpointError:
             raise
         except Exception as e:
