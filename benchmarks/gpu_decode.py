@@ -370,7 +370,7 @@ def main():
             f"write) {copy_bw / 1e9:.1f} GB/s, so at most {copy_bw / wbytes:.1f} tok/s at batch 1; dense {dname} "
             f"matmul {flops / 1e12:.2f} TFLOP/s. Build and measure: {time.perf_counter() - start:.0f} s.", "",
             "| variant | prompt | prefill tok/s | prefill TFLOP/s (of matmul) | decode tok/s | weight GB/s (of copy) "
-            "| greedy ids vs ours eager |",
+            f"| greedy ids vs {ref_label} |",
             "|---|---:|---:|---:|---:|---:|:-:|", *rows, "",
         ]
         if target_lines:

@@ -12,10 +12,13 @@
 #                    the measured copy bandwidth (target >= 75%), prefill of 2,048 tokens against the measured
 #                    bf16 matmul rate (target >= 50%); the compiled variant after the 128-token prompt only (one
 #                    compile), ours eager and transformers compiled left out, for time
-#   3. chapter-11, chapter-09   the chapters executed on the GPU into a temporary copy (stored outputs untouched);
-#                    chapter 11 compiles the bundled model's step with CUDA graphs and times it
+#   3. chapter-11, chapter-09   the chapters executed on the GPU into a temporary copy (scripts/run_chapter.py;
+#                    stored outputs untouched); chapter 11 compiles the bundled model's step with CUDA graphs, times it
 #   4. bench-bundled gpu_decode.py on the bundled model, eager variants only (chapter 11 timed the compiled one)
 #   GPU_CHECK_FULL=1 runs every variant at every prompt length in both benchmarks (several more minutes).
+# The dry run shrinks every step: the 7B shape to 1 of its 32 layers, a few tokens and repetitions, and the chapters
+# run on a small random Llama-2-style checkpoint (tests/checkpoints.py) instead of the bundled model; on an idle
+# 2-core CPU it takes about 3 minutes.
 # gpu_decode.py writes its own sections of the results file; this script adds the section "gpu_check <device>":
 # each step's exit status and wall time, the test summary and the numbers the tests print, and chapter 11's
 # measured (⏱) lines. After a GPU run, re-execute chapter 11 (scripts/execute_notebooks.sh) so that its stored
@@ -36,11 +39,11 @@ OUT="$(mktemp -d /tmp/gpu_check.XXXXXX)"
 if [[ $DRY_RUN -eq 1 ]]; then
     DEVICE=cpu
     RESULTS="$OUT/RESULTS.md"  # small sizes on a CPU: nothing for the real results file
-    BENCH_7B=(--device cpu --shape llama2-7b --n-layers 1 --prompts 8,64 --new-tokens 4 --reps 2
-              --skip eager,hf,hf-compile)
-    BENCH_BUNDLED=(--device cpu --shape smollm2-135m --prompts 8,32 --new-tokens 4 --reps 2
-                   --skip compile,hf-compile)
-    CAP_TESTS=60; CAP_7B=150; CAP_CH11=300; CAP_CH09=300; CAP_BUNDLED=150
+    BENCH_7B=(--device cpu --shape llama2-7b --n-layers 1 --prompts 8,32 --prompts-compile 8 --new-tokens 3
+              --reps 2 --skip eager,hf,hf-compile)
+    BENCH_BUNDLED=(--device cpu --shape smollm2-135m --prompts 8 --new-tokens 2 --reps 2 --skip compile,hf-compile)
+    CHAPTER_MODEL="$OUT/checkpoints/llama2-hf"
+    CAP_TESTS=60; CAP_7B=180; CAP_CH11=180; CAP_CH09=180; CAP_BUNDLED=180  # generous: a shared CPU
 else
     if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "error: no CUDA device visible to $PYTHON; on a CPU run $0 --dry-run" >&2
@@ -54,6 +57,7 @@ else
         BENCH_7B+=(--prompts-compile 128 --skip eager,hf-compile)
         BENCH_BUNDLED+=(--skip compile,hf-compile)
     fi
+    CHAPTER_MODEL=smollm2-135m
     CAP_TESTS=120; CAP_7B=180; CAP_CH11=90; CAP_CH09=45; CAP_BUNDLED=45
 fi
 echo "gpu_check: device $DEVICE, logs in $OUT, results into $RESULTS"
@@ -78,16 +82,18 @@ step() {  # step NAME CAP_SECONDS COMMAND...: run with a cap, log to $OUT/NAME.l
     tail -n 15 "$OUT/$name.log" | sed 's/^/    /'
 }
 
-# a chapter run in notebooks/ (nbconvert's working directory is the notebook's), written to $OUT/NAME.ipynb
-EXECUTE=("$PYTHON" -m nbconvert --to notebook --execute --output-dir "$OUT"
-         --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 --log-level=WARN)
+# a chapter run top to bottom in notebooks/ with MODEL=$CHAPTER_MODEL: CHAPTER=(...) NAME.ipynb --save OUT/NAME.ipynb
+CHAPTER=("$PYTHON" scripts/run_chapter.py --model "$CHAPTER_MODEL")
 
 TOTAL_START=$(date +%s)
+if [[ $DRY_RUN -eq 1 ]]; then
+    step checkpoint 60 "$PYTHON" tests/checkpoints.py "$OUT/checkpoints" --styles llama2-hf
+fi
 step cuda-tests "$CAP_TESTS" "$PYTHON" -m pytest -m cuda tests -q -rA -p no:cacheprovider
 step bench-7b "$CAP_7B" "$PYTHON" benchmarks/gpu_decode.py "${BENCH_7B[@]}" --results "$RESULTS"
-step chapter-11 "$CAP_CH11" "${EXECUTE[@]}" --output 11_fast_on_gpu.ipynb notebooks/11_fast_on_gpu.ipynb
-step chapter-09 "$CAP_CH09" "${EXECUTE[@]}" --output 09_model_and_generation.ipynb \
-    notebooks/09_model_and_generation.ipynb
+step chapter-11 "$CAP_CH11" "${CHAPTER[@]}" notebooks/11_fast_on_gpu.ipynb --save "$OUT/11_fast_on_gpu.ipynb"
+step chapter-09 "$CAP_CH09" "${CHAPTER[@]}" notebooks/09_model_and_generation.ipynb \
+    --save "$OUT/09_model_and_generation.ipynb"
 step bench-bundled "$CAP_BUNDLED" "$PYTHON" benchmarks/gpu_decode.py "${BENCH_BUNDLED[@]}" --results "$RESULTS"
 TOTAL=$(( $(date +%s) - TOTAL_START ))
 
@@ -114,7 +120,7 @@ lines = [f"## scripts/gpu_check.sh on {device}" + (" (dry run: small sizes)" if 
 log = out / "cuda-tests.log"
 if log.is_file():
     text = log.read_text()
-    summary = [l for l in text.splitlines() if re.match(r"=+ .*(passed|failed|skipped|error).* =+$", l)]
+    summary = [l for l in text.splitlines() if re.search(r"\b(passed|failed|skipped|errors?)\b.* in [\d.]+s", l)]
     printed = [l.strip() for l in text.splitlines() if re.search(r"\be = [\d.]+u\b", l)]
     lines += ["CUDA tests: " + (summary[-1].strip("= ") if summary else "no summary line (see the log)"), ""]
     if printed:
