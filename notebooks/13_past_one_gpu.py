@@ -261,7 +261,11 @@ for name, a in PRESETS.items():
 
 # %%
 RUN_MODEL = MODEL if al.count_parameters(args) < 1e9 else "smollm2-135m"
-reference, tok = al.load(RUN_MODEL, device="cpu", dtype=torch.float32)
+if RUN_MODEL == MODEL and model.device.type == "cpu" and model.dtype == torch.float32:
+    reference = model  # already what the ranks will compare with: no second copy of the weights
+else:
+    del model  # one copy at a time: the float32 CPU reference replaces the model loaded above
+    reference, tok = al.load(RUN_MODEL, device="cpu", dtype=torch.float32)
 prompt = tok.encode("The capital of France is")
 torch.set_num_threads(2)  # the same two cores the two ranks get, one each
 with torch.inference_mode():
