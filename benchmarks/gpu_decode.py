@@ -323,6 +323,12 @@ def main():
         model.check_inputs = False  # the token-range check costs a host sync per step
         wbytes, wparams = weight_bytes_per_token(model), weight_bytes_per_token(model) // dtype.itemsize
         runs = variants(model, lens, n_new, device, skip)
+        memory = ""
+        if cuda:  # one copy of the weights: fused in place, transformers on the same tensors (plus its q/k copy)
+            weights = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+            memory = (f" GPU memory once every variant was built: {torch.cuda.memory_allocated(device) / 1e9:.2f} GB "
+                      f"allocated, for {weights / 1e9:.2f} GB of weights.")
+            print(f"{label:>14}{memory}")
         gen = torch.Generator().manual_seed(0)
         prompts = {p: torch.randint(0, model.args.vocab_size, (1, p), generator=gen).to(device) for p in prompt_lens}
         results, failed = measure_all(runs, prompts, n_new, device, reps, lambda m: print(f"{label:>14} {m}"))
@@ -368,7 +374,7 @@ def main():
             f"{label}, {dname}: {wbytes / 1e9:.3f} GB of weights read per token; {n_new} new tokens per run; "
             f"{reps} repetitions in alternating order, **median [min-max]** over them. Copy bandwidth (read + "
             f"write) {copy_bw / 1e9:.1f} GB/s, so at most {copy_bw / wbytes:.1f} tok/s at batch 1; dense {dname} "
-            f"matmul {flops / 1e12:.2f} TFLOP/s. Build and measure: {time.perf_counter() - start:.0f} s.", "",
+            f"matmul {flops / 1e12:.2f} TFLOP/s. Build and measure: {time.perf_counter() - start:.0f} s.{memory}", "",
             "| variant | prompt | prefill tok/s | prefill TFLOP/s (of matmul) | decode tok/s | weight GB/s (of copy) "
             f"| greedy ids vs {ref_label} |",
             "|---|---:|---:|---:|---:|---:|:-:|", *rows, "",
