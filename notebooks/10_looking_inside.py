@@ -46,7 +46,6 @@ if IN_COLAB:  # on Colab only: install the package, keeping Colab's own torch
 # %% tags=["remove-input"]
 import inspect
 import math
-import time
 import warnings
 
 import matplotlib.pyplot as plt
@@ -208,9 +207,7 @@ paris_ids = tok.encode(prompt + " Paris")
 assert paris_ids[: len(ids)] == ids  # the prompt's tokens do not change when " Paris" is appended
 target = paris_ids[len(ids)]
 print("target:", repr(tok.decode([target])), target)
-t0 = time.perf_counter()
 ll = lens.logit_lens(model, ids, target=target, k=5)
-print(f"logit lens: ⏱{time.perf_counter() - t0:.1f} s")
 print("rows x positions x k:", list(ll.top_ids.shape))
 final = torch.softmax(ll.logits.float(), dim=-1)  # [seq, vocab], the model's own prediction
 check_close(ll.top_probs[-1], final.topk(5, dim=-1).values, model.dtype, "last row")
@@ -278,8 +275,8 @@ print(f"{rows} points; best rank {int(rank.min())}, last row's probability {prob
 # rows mostly predict punctuation and function words. A 135M-parameter model has little depth
 # to spare, and the final block does a large share of the work. Wendler et al.
 # {cite}`wendler2024llamas` read Llama 2 with this lens and found the answer several layers
-# before the end, with an English "concept space" in the middle layers; change `MODEL` to see
-# what another model's grid shows (this chapter has not been run on Llama 2, so it shows none).
+# before the end, with an English "concept space" in the middle layers. The outputs on this
+# page are the bundled model's; change `MODEL` to draw another model's grid.
 #
 # One column of the grid behaves differently from the others: the first. How sure is each
 # reading? The entropy of the lens distribution, in bits, per row at position 0 and (the median)
@@ -728,9 +725,9 @@ else:
 # %% [markdown]
 # For the bundled model, dimension 507 holds over 90% of position 0's squared norm from layer 2
 # to layer 8 and 98% from layer 11 to layer 27, and in both stretches the state's direction
-# hardly moves: the cosine between consecutive rows is 0.9999 or more in layers 3 to 7 and 1.0000
-# in layers 12 to 26. The five largest entries alone read like the whole state: "," at about 2.6
-# bits in the first stretch, about 9.8 bits in the second, against 2.8 and 9.9 to 10 for the
+# hardly moves: the cosine between consecutive rows is 0.9998 or more in layers 3 to 7 and
+# 1.0000 in layers 12 to 26. The five largest entries alone read like the whole state: 2.5 to 2.8
+# bits in the first stretch and 9.5 to 10 in the second, against 2.8 to 3.1 and 9.9 to 10 for the
 # whole state. So both frozen readings are those of the massive entries, not predictions about
 # what follows "The". What changes between the stretches is their size and mix: at layers 9 to
 # 11 the state is rebuilt (cosines 0.85, 0.78, 0.44), dimension 507 falls from about 650 to 60
@@ -753,7 +750,6 @@ else:
 mats = {"wq": "attention.wq", "wk": "attention.wk", "wv": "attention.wv", "wo": "attention.wo",
         "w1": "feed_forward.w1", "w2": "feed_forward.w2", "w3": "feed_forward.w3"}
 picked = sorted({0, L // 2, L - 1})  # layers whose singular values we compute
-t0 = time.perf_counter()
 rms = {k: [] for k in mats}
 gains = {"attention_norm": [], "ffn_norm": []}
 sv = {}
@@ -768,7 +764,6 @@ for i, layer in enumerate(model.layers):
     for k in gains:
         gains[k].append(getattr(layer, k).weight.float().abs().mean().item())
 torch.set_num_threads(threads)
-print(f"weight statistics: ⏱{time.perf_counter() - t0:.1f} s")
 print(f"final norm mean |gain|: {model.norm.weight.float().abs().mean().item():.2f}")
 
 # %%
