@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import hf_to_meta_state_dict  # noqa: E402
+from helpers import hf_to_meta_state_dict, meta_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -127,22 +127,6 @@ def write_tiktoken_file(path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def meta_params(config: dict) -> dict:
-    rope = config["rope_parameters"]
-    params = {"dim": config["hidden_size"], "n_layers": config["num_hidden_layers"],
-              "n_heads": config["num_attention_heads"], "n_kv_heads": config["num_key_value_heads"],
-              "vocab_size": config["vocab_size"], "norm_eps": config["rms_norm_eps"], "rope_theta": rope["rope_theta"],
-              "max_seq_len": config["max_position_embeddings"]}
-    if rope["rope_type"] == "llama3":
-        params.update(use_scaled_rope=True, rope_scaling_factor=rope["factor"])
-    # Meta's rule gives the FFN size from multiple_of where it can (2/3·4·64 = 170 -> 192 with 32).
-    if (config["hidden_size"], config["intermediate_size"]) == (64, 192):
-        params["multiple_of"] = 32
-    else:
-        params["hidden_dim"] = config["intermediate_size"]
-    return params
-
-
 def write_checkpoint(name: str, out: Path, seed: int = 0, scale: int = 1) -> Path:
     """Write the checkpoint ``name`` (a key of STYLES, or "llama3-meta") under ``out / name``."""
     directory = out / name
@@ -161,8 +145,11 @@ def write_checkpoint(name: str, out: Path, seed: int = 0, scale: int = 1) -> Pat
             write_byte_level_tokenizer(directory)
         return directory
     sd = hf_to_meta_state_dict(model)
-    (directory / "params.json").write_text(json.dumps(meta_params(model.config.to_dict() | {
-        "rope_parameters": config["rope_parameters"]})))
+    params = meta_params(model)
+    rope = config["rope_parameters"]
+    if rope["rope_type"] == "llama3":  # Meta's spelling of Llama 3.1 RoPE scaling
+        params.update(use_scaled_rope=True, rope_scaling_factor=rope["factor"])
+    (directory / "params.json").write_text(json.dumps(params))
     torch.save(sd, directory / "consolidated.00.pth")
     if name == "llama3-meta":
         write_tiktoken_file(directory / "tokenizer.model")

@@ -17,6 +17,7 @@ from helpers import hf_to_meta_state_dict
 
 import annotated_llama as al
 from annotated_llama import loading
+from annotated_llama.generate import generate_ids
 from annotated_llama.reference import RELATIVE_TOLERANCE, as_transformers, check_close, relative_difference
 from annotated_llama.weights import CheckpointError, read_gguf
 
@@ -264,3 +265,15 @@ def test_default_dtype_on_cuda_follows_native_bf16(monkeypatch, capability, want
     device, dtype = loading.resolve_device_dtype()
     assert device.type == "cuda" and dtype == want
     assert loading.resolve_device_dtype("cpu")[1] == torch.float32
+
+
+def test_generation_never_picks_an_id_the_tokenizer_lacks(llama32_dir):
+    model, tok = al.load(llama32_dir)  # 1,024 embedding rows, 1,002 tokens
+    assert tok.vocab_size < model.args.vocab_size
+    for seed in range(8):  # random weights put mass on the spare rows; sampling must never pick them
+        text = al.generate(model, tok, "The capital", max_new_tokens=12, temperature=2.0, seed=seed)
+        assert isinstance(text, str)
+    unmasked = list(generate_ids(model, tok.encode("The"), 40, temperature=2.0, seed=0))
+    assert max(unmasked) >= tok.vocab_size  # the spare rows do get picked when nothing masks them
+    masked = list(generate_ids(model, tok.encode("The"), 40, temperature=2.0, seed=0, n_tokens=tok.vocab_size))
+    assert max(masked) < tok.vocab_size

@@ -54,8 +54,11 @@ def _prompt_ids(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]
 @torch.inference_mode()
 def generate_ids(model, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int | None = None, seed: int | None = None,
-                 stop_ids: set[int] | None = None) -> Iterator[int]:
-    """Yield new token ids one by one until a stop id (not yielded) or ``max_new_tokens``."""
+                 stop_ids: set[int] | None = None, n_tokens: int | None = None) -> Iterator[int]:
+    """Yield new token ids one by one until a stop id (not yielded) or ``max_new_tokens``.
+
+    ``n_tokens``: only ids below it may be picked (the tokenizer's size, where the model's embedding has spare
+    rows that no token owns, as many checkpoints pad it to a round number)."""
     device = model.device
     generator = None
     if temperature > 0:
@@ -65,9 +68,11 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int, temperature:
         else:
             generator.manual_seed(seed)
     tokens = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    logits = model(tokens, start_pos=0)[:, -1]  # prefill: the whole prompt at once
+    logits = model(tokens, start_pos=0, last_only=True)[:, -1]  # prefill: the whole prompt at once
     pos = len(prompt_ids)
     for step in range(max_new_tokens):
+        if n_tokens is not None and n_tokens < logits.shape[-1]:
+            logits[:, n_tokens:] = float("-inf")
         next_id = sample_next(logits, temperature, top_p, top_k, generator)
         token = int(next_id)
         if stop_ids and token in stop_ids:
@@ -75,7 +80,7 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens: int, temperature:
         yield token
         if step + 1 == max_new_tokens:
             return  # no forward pass for a token nobody will sample
-        logits = model(next_id.view(1, 1), start_pos=pos)[:, -1]  # decode: one token, cache for the rest
+        logits = model(next_id.view(1, 1), start_pos=pos, last_only=True)[:, -1]  # decode: one token
         pos += 1
 
 
@@ -92,7 +97,8 @@ def stream(model, tokenizer, prompt: str, max_new_tokens: int = 64, temperature:
     prefix = len(tokenizer.decode(ids))
     new: list[int] = []
     shown = ""
-    for token in generate_ids(model, ids, max_new_tokens, temperature, top_p, top_k, seed, {tokenizer.eos_id}):
+    for token in generate_ids(model, ids, max_new_tokens, temperature, top_p, top_k, seed, {tokenizer.eos_id},
+                              n_tokens=tokenizer.vocab_size):
         new.append(token)
         text = tokenizer.decode(ids + new)[prefix:]
         if text.endswith("\ufffd"):

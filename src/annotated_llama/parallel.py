@@ -357,37 +357,13 @@ def read_safetensors_meta_rank(file: str | Path, args: ModelArgs, rank: int, tp:
 
 def read_gguf_rank(path: str | Path, rank: int, tp: int):
     """One rank's slice of a GGUF: each tensor dequantized to float32 on its own, sliced, then dropped."""
-    import re
-
-    import numpy as np
-    from gguf import GGMLQuantizationType, dequantize
-
-    from .weights import _GGUF_NAMES, _gguf_reader, _llama3_rope_args, args_from_gguf
+    from .weights import gguf_tensors, open_gguf
 
     path = Path(path)
-    reader = _gguf_reader(path)
-    args = args_from_gguf(reader, path)
-    for t in reader.tensors:  # RoPE scaling first: it changes args, not the slices
-        if t.name == "rope_freqs.weight":
-            factors = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).ravel()
-            args = _llama3_rope_args(factors, args, reader, path)
+    reader, args = open_gguf(path)
     s = plan(args, rank, tp)
     sd = {}
-    for t in reader.tensors:
-        m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.weight", t.name)
-        if t.name == "rope_freqs.weight":
-            continue
-        if not m or m.group(2) not in _GGUF_NAMES:
-            raise CheckpointError(f"{path}: unknown tensor {t.name!r} for the llama architecture")
-        name = _GGUF_NAMES[m.group(2)] + ".weight"
-        if m.group(1) is not None:
-            name = f"layers.{m.group(1)}.{name}"
-        array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-            array = array.reshape([int(n) for n in reversed(t.shape)])
-        if not array.flags.writeable:  # float32/16 tensors are read-only views of the file: copy (one)
-            array = array.copy()
-        full = torch.from_numpy(array)
+    for name, full in gguf_tensors(reader, path):
         r = s.ranges(name)
         sd[name] = full.clone() if r is None else _cut([full], None, *r)
         if name == "tok_embeddings.weight" and args.tie_word_embeddings:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from functools import cached_property
 from pathlib import Path
@@ -560,8 +561,6 @@ _CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
 def is_tiktoken_file(path: Path) -> bool:
     """Does ``path`` look like a tiktoken BPE file (``<base64> <rank>`` lines) rather than a SentencePiece
     protobuf?"""
-    import re
-
     with open(path, "rb") as f:
         head = f.read(256)
     first = head.split(b"\n", 1)[0]

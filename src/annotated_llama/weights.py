@@ -138,23 +138,26 @@ def _llama3_rope_args(factors: np.ndarray, args: ModelArgs, reader, path: Path) 
     return scaled
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype | None = None,
-              device: str | torch.device = "cpu") -> tuple[ModelArgs, dict[str, torch.Tensor]]:
-    """Dequantize every tensor of a llama GGUF (q/k stay in Meta's layout, as GGUF stores them).
-
-    One tensor at a time: dequantized to float32, then converted to ``dtype`` (default float32) on ``device``
-    before the next, so the float32 copy of the whole model never exists.
-    """
-    from gguf import GGMLQuantizationType, dequantize
+def open_gguf(path: str | Path):
+    """A llama GGUF's reader and its ``ModelArgs`` (RoPE scaling included, read off ``rope_freqs``)."""
+    from gguf import dequantize
 
     path = Path(path)
     reader = _gguf_reader(path)
     args = args_from_gguf(reader, path)
-    sd = {}
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":  # Llama 3.1 RoPE scaling, stored as per-frequency divisors
-            args = _llama3_rope_args(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).ravel(),
-                                     args, reader, path)
+            factors = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).ravel()
+            args = _llama3_rope_args(factors, args, reader, path)
+    return reader, args
+
+
+def gguf_tensors(reader, path: str | Path):
+    """Yield (our parameter name, float32 tensor) for each weight of a llama GGUF, dequantized one at a time."""
+    from gguf import GGMLQuantizationType, dequantize
+
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":  # not a weight: ``open_gguf`` turned it into ModelArgs
             continue
         m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.weight", t.name)
         if not m or m.group(2) not in _GGUF_NAMES:
@@ -166,7 +169,20 @@ def read_gguf(path: str | Path, dtype: torch.dtype | None = None,
         array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             array = array.reshape([int(n) for n in reversed(t.shape)])
-        sd[name] = torch.from_numpy(array.copy()).to(device=device, dtype=dtype or torch.float32)
+        if not array.flags.writeable:  # float32 tensors are read-only views of the file: copy (one tensor)
+            array = array.copy()
+        yield name, torch.from_numpy(array)
+
+
+def read_gguf(path: str | Path, dtype: torch.dtype | None = None,
+              device: str | torch.device = "cpu") -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """Dequantize every tensor of a llama GGUF (q/k stay in Meta's layout, as GGUF stores them).
+
+    One tensor at a time: dequantized to float32, then converted to ``dtype`` (default float32) on ``device``
+    before the next, so the float32 copy of the whole model never exists.
+    """
+    reader, args = open_gguf(path)
+    sd = {name: t.to(device=device, dtype=dtype or torch.float32) for name, t in gguf_tensors(reader, path)}
     check_state_dict(args, sd, str(path))
     return args, sd
 
