@@ -293,7 +293,8 @@ for name, args in [("this model", a), ("llama2-7b", al.ModelArgs.preset("llama2-
 # a large vocabulary: 27% for the bundled one. The logits at every position are needed where they
 # are all used: in training, where every position's prediction enters the loss (the last section
 # of this chapter), and in checks like the ones in this chapter. Generation needs the last
-# position only, and the loops written in this chapter ask for it with `last_only=True`.
+# position only: the loops written in this chapter, and the package's `generate_ids` below, ask for
+# it with `last_only=True`.
 
 # %% [markdown]
 # ## The whole forward pass by hand
@@ -440,7 +441,9 @@ def agree_until_near_tie(ours, theirs, ties):  # -> how many tokens were compare
 
 # %% [markdown]
 # The package's `al.generate` runs the same loop, `generate_ids`: a prefill, then one decode step
-# per token, with `sample_next` choosing each token (greedy when the temperature is 0).
+# per token, with `sample_next` choosing each token (greedy when the temperature is 0). It also
+# keeps the sampler off ids that no token owns (`n_tokens`): some checkpoints give the embedding
+# spare rows beyond the tokenizer's vocabulary.
 
 # %%
 show(generate_ids)
