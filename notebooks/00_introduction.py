@@ -265,7 +265,7 @@ print(f"weights and GPU memory in GiB, KV cache for {CONTEXT:,} tokens in MiB;"
 
 # %%
 MODEL = "smollm2-135m"  # the one line to change: see the table above for what fits which GPU
-DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
+DTYPE = None  # None: bf16 on A100, L4, H100; fp16 on a T4 (no native bf16); float32 on a CPU
 
 # %%
 model, tok = al.load(MODEL, dtype=DTYPE)

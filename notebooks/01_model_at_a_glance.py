@@ -66,7 +66,7 @@ _ = torch.manual_seed(0)
 
 # %%
 MODEL = "smollm2-135m"  # the one line to change: see below for what fits which Colab GPU
-DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
+DTYPE = None  # None: bf16 on A100, L4, H100; fp16 on a T4 (no native bf16); float32 on a CPU
 
 # %%
 model, tok = al.load(MODEL, dtype=DTYPE)

@@ -84,7 +84,7 @@ warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, no wid
 
 # %%
 MODEL = "smollm2-135m"  # the one line to change: see below for what fits which Colab GPU
-DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
+DTYPE = None  # None: bf16 on A100, L4, H100; fp16 on a T4 (no native bf16); float32 on a CPU
 
 # %% [markdown]
 # We load our model and, as the reference, transformers' `LlamaForCausalLM` built around the

@@ -63,7 +63,7 @@ from annotated_llama.reference import transformers_config
 
 # %%
 MODEL = "smollm2-135m"  # the one line to change: see below for what fits which Colab GPU
-DTYPE = None  # None: bf16 on GPUs that have it natively (A100, L4, H100), fp16 on older ones (T4), float32 on a CPU
+DTYPE = None  # None: bf16 on A100, L4, H100; fp16 on a T4 (no native bf16); float32 on a CPU
 
 # %% [markdown]
 # ## The numbers that define a model
