@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # 12. Model families
+# # Appendix: model families
 #
 # An appendix. The book ran one architecture on one small model, but the same code describes a
 # whole family: LLaMA 1 {cite}`touvron2023llama`, Llama 2 {cite}`touvron2023llama2`, Code Llama
