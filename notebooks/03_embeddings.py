@@ -477,6 +477,36 @@ plt.show()
 # the layers that read them.
 
 # %% [markdown]
+# ## A map to explore
+#
+# The same projection on a few hundred tokens, to explore: the first 400 tokens of the vocabulary
+# (in id order) that are a space followed by three or more letters, plus the group words above,
+# all projected by `pca_2d` onto the two main directions of this larger set. Hover a point, or
+# type a word in the box, to see its five nearest neighbours among these tokens, measured by
+# cosine similarity in the full `dim`-dimensional table, not on the plane.
+
+# %%
+from annotated_llama import explorers  # noqa: E402
+
+map_tokens = dict(explorers.word_tokens(tok, limit=400))  # id -> text: a space and 3+ letters
+for group in KEPT:
+    map_tokens.update({token_of(" " + w): " " + w for w in words[group]})
+map_ids = list(map_tokens)
+if len(map_ids) >= 3:
+    map_xy, map_share = pca_2d(E[map_ids])  # [n_tokens, 2]
+    embedding_explorer = explorers.embedding_map(
+        [map_tokens[i] for i in map_ids], map_xy, E[map_ids],
+        groups={g: words[g] for g in KEPT}, colours=COLOURS, share=map_share)
+    print(embedding_explorer.summary)
+    print(f"the 2 components hold {map_share:.0%} of these tokens' variance")
+else:
+    embedding_explorer = None
+    print("fewer than 3 such tokens in this vocabulary: no map")
+
+# %% tags=["remove-input", "nbval-ignore-output"]
+embedding_explorer
+
+# %% [markdown]
 # ## What we have now
 #
 # - `tokens` `[batch, seq]` became `x` `[batch, seq, dim]`: `[1, 5]` and `[1, 5, 576]` for the

@@ -506,6 +506,29 @@ for distance in range(10):
     print(f"m - n = {distance}: score {score_at(100 + distance, 100):7.2f}")
 
 # %% [markdown]
+# The same query and key, to move by hand: the page rotates each pair of the two vectors by its
+# own angle, the model's $\theta_j$ times the position, and shows the score $q_m \cdot k_n$. Move
+# the key's position and the query follows at the same distance: the arrows turn, the score does
+# not. Change the distance and the score moves along a curve, the one the previous cell printed
+# for distances 0 to 9.
+
+# %%
+from annotated_llama import explorers  # noqa: E402
+
+rope_explorer = explorers.rope(q_vec, k_vec, theta_model, q_text=piece(ids[paris]),
+                               k_text=piece(ids[france]), max_pos=min(args.max_seq_len - 1, 1024),
+                               max_distance=min(32, args.max_seq_len - 1), pairs=PAIRS)
+print(rope_explorer.summary)
+for distance in (0, 3, 9):  # the page's reference: float64 complex numbers from the stored vectors
+    at_100 = explorers.rope_score(rope_explorer.data, 100 + distance, 100)
+    at_0 = explorers.rope_score(rope_explorer.data, distance, 0)  # the same distance, both moved by 100
+    assert abs(at_100 - at_0) < 1e-6 * scale and abs(at_100 - score_at(100 + distance, 100)) < 1e-3 * scale
+    print(f"m - n = {distance}: score {at_100:7.2f} (stored vectors), {score_at(100 + distance, 100):7.2f} (model)")
+
+# %% tags=["remove-input", "nbval-ignore-output"]
+rope_explorer
+
+# %% [markdown]
 # The same check on every head and every pair of tokens of the sentence at once: rotate all
 # queries and keys as if the sentence started at position 1000 instead of 0, and compare the full
 # score matrices of each query head with the key/value head it reads.

@@ -610,6 +610,23 @@ show_heads([(best_layer, best_head)] + [(middle, h) for h in sinks])
 # inside the model with more tools.
 
 # %% [markdown]
+# Every head of every layer, to explore: pick a layer and a head in the menus or click a cell of
+# the small map on the left (each head's mean weight on the first token, the sink column of the
+# maps above); hover a row of the large map to read one query's weights on every key. The first
+# column, framed in red, is the first token.
+
+# %%
+from annotated_llama import explorers  # noqa: E402
+
+attention_explorer = explorers.attention(
+    probs_all, labels, title=f"Attention weights for {TEXT!r}", layer=best_layer, head=best_head)
+print(attention_explorer.summary)
+print(f"opens on layer {best_layer}, head {best_head} (the strongest previous-token head)")
+
+# %% tags=["remove-input", "nbval-ignore-output"]
+attention_explorer
+
+# %% [markdown]
 # ## What we have now
 #
 # - One attention layer, built by hand: `x [batch, seq, dim]` → `q [batch, n_heads, seq,

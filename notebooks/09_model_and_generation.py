@@ -99,6 +99,8 @@ a = model.args
 print(f"{model.device.type}, {model.dtype}")
 print(f"dim {a.dim}, n_layers {a.n_layers}, n_heads {a.n_heads}, "
       f"n_kv_heads {a.n_kv_heads}, vocab {a.vocab_size}")
+print(f"tokenizer: {tok.vocab_size:,} tokens; spare embedding rows: "
+      f"{a.vocab_size - tok.vocab_size}")
 print(f"tolerance of check_close in {model.dtype}: {TOL:.2g}")
 
 
@@ -283,14 +285,14 @@ for name, args in [("this model", a), ("llama2-7b", al.ModelArgs.preset("llama2-
     share = args.vocab_size * args.dim / block_macs(args)
     print(f"{name:10s} vocab {args.vocab_size:7,}: logits at {POSITIONS:,} positions "
           f"{every / 1e9:5.2f} GB, at the last {args.vocab_size * 4 / 1e6:4.2f} MB; "
-          f"head {share:4.0%} of the blocks' multiply-adds")
+          f"head {share:4.0%} of the blocks' matrix multiply-adds")
 
 # %% [markdown]
 # With Llama 3's vocabulary of 128,256 tokens, the logits of a 2,048-token prompt take 1.05 GB in
 # float32, next to 0.51 MB for the last position alone; that gigabyte comes on top of the
 # weights on a GPU that may have little to spare. The head's share of the compute is small for
-# the 7B and 8B models (2% and 8% of the blocks' multiply-adds) and large for a small model with
-# a large vocabulary: 27% for the bundled one. The logits at every position are needed where they
+# the 7B and 8B models (2% and 8% of the multiply-adds in the blocks' weight matrices) and large
+# for a small model with a large vocabulary: 27% for the bundled one. The logits at every position are needed where they
 # are all used: in training, where every position's prediction enters the loss (the last section
 # of this chapter), and in checks like the ones in this chapter. Generation needs the last
 # position only: the loops written in this chapter, and the package's `generate_ids` below, ask for
@@ -357,9 +359,10 @@ print(f"largest relative difference, order of magnitude: 1e{math.floor(math.log1
 # logit: the two implementations differ only in the order of their floating-point operations.
 # Both pick the same top token at every position of every prompt (in float32 none of them is a
 # near tie). In 16 bits the gap grows to the size of the 16-bit rounding, and the check's
-# tolerance with it: in bf16 it is an eighth of the largest logit, so that nearly every position
-# counts as a near tie and little is asserted; the last column still says whether the top tokens
-# agree everywhere.
+# tolerance with it: in bf16 the tolerance is an eighth of the largest logit, and any position whose
+# two best logits are closer than a quarter of it counts as a near tie and is not compared, so in
+# bf16 this check asserts much less; the last column still says whether the top tokens agree
+# everywhere.
 
 # %% [markdown]
 # ## From logits to a next token
@@ -515,6 +518,8 @@ ax.legend()
 plt.show()
 print("top-10 mass per temperature:",
       ", ".join(f"T = {t}: {by_t[t].sum():.3f}" for t in TEMPERATURES))
+lose = int((by_t[2.0] < by_t[1.0]).sum())
+print(f"tokens of the top 10 with less probability at T = 2 than at T = 1: {lose} of 10")
 
 # %% [markdown]
 # For the bundled model, at $T = 0.5$ " Paris" takes nearly everything (0.99). At $T = 2$ even
@@ -581,6 +586,25 @@ assert abs(probs[hf_kept].sum().item() - mass) <= 1e-3
 assert hf_top_k == top3_or_tied and set(top_ids[:3].tolist()) <= hf_top_k
 
 # %% [markdown]
+# Temperature and top-p together, to try by hand: the sliders below apply the same rules in the
+# page, to the 50 most likely tokens after the prompt (the rest of the vocabulary is left out, so
+# the probabilities shown are renormalised over these 50; the cell prints how much of the full
+# distribution they hold). Grey bars are $p_i(T)$, blue bars what survives the top-p cut,
+# renormalised; a test checks the page's numbers against the package's `sample_next` on the same
+# 50 logits.
+
+# %%
+from annotated_llama import explorers  # noqa: E402
+
+sampling_explorer = explorers.sampling(z, token_text, prompt=PROMPT, n=50,
+                                       temperature=1.0, top_p=0.9)
+print(sampling_explorer.summary)
+print(f"at T = 1 the 50 tokens hold {sampling_explorer.data['full_mass']:.3f} of the probability")
+
+# %% tags=["remove-input", "nbval-ignore-output"]
+sampling_explorer
+
+# %% [markdown]
 # The package's `sample_next` applies temperature, then top-k, then top-p, and draws with
 # `torch.multinomial` from a `torch.Generator` of its own, so a seed fixes the draw without
 # touching PyTorch's global random state:
@@ -642,8 +666,9 @@ print("seed 1:", repr(continuation(story, other)))
 assert first == again
 
 # %% [markdown]
-# (The same seed gives different draws on a GPU: CPU and CUDA generators are different
-# random-number streams.)
+# (On a GPU the same seed will in general give other draws: CUDA's generator is a different
+# random-number stream from the CPU's, and PyTorch does not promise equal results across
+# devices. Not yet run here: no GPU has been lent to this book.)
 
 # %% [markdown]
 # ## Streaming
@@ -765,9 +790,8 @@ if has_chatml:
     print(repr(answer))
 
 # %% [markdown]
-# The model's published chat template also puts a default system turn ("You are a helpful AI
-# assistant named SmolLM, trained by Hugging Face") in front of the first user turn; the short
-# prompt above is enough for this question.
+# The model's published chat template also puts a default system turn in front of the first
+# user turn; the short prompt above is enough for this question.
 
 # %% [markdown]
 # ## The loss: how well the model predicts a text
@@ -785,7 +809,7 @@ if has_chatml:
 # The {term}`perplexity <Perplexity>` reads as an effective number of choices: a model that spread its probability
 # evenly over $k$ tokens at every step would have perplexity $k$, and one that guessed uniformly
 # over the vocabulary would have the vocabulary's size. We measure it on a text written for this
-# book: the opening paragraphs of chapter 0.
+# book: the opening of chapter 0 (its first paragraph and most of the second).
 
 # %%
 TEXT = (

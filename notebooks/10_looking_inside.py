@@ -100,7 +100,7 @@ print(model.device, model.dtype)
 # - queries and keys after RoPE (`attn.q.{i}`, `attn.k.{i}`) are not the output of any module:
 #   we take the outputs of `wq` and `wk` and rotate them with the same RoPE table and positions
 #   the attention layer received;
-# - the attention weights do not exist at all in the fast path: `scaled_dot_product_attention`
+# - the attention weights do not exist at all in our attention layer: `scaled_dot_product_attention`
 #   fuses $\mathrm{softmax}(QK^\top/\sqrt{d})\,V$ and never returns the softmax. The hook
 #   recomputes them from $q$ and $k$ with `al.model.attention_probabilities`, and only for the
 #   layers asked for (`attn.probs.{i}`, a `[batch, heads, seq, seq]` tensor per layer; the scores
@@ -241,6 +241,26 @@ fig.colorbar(im, ax=ax, label="probability of the top token")
 plt.show()
 print(f"{rows} rows x {seq} positions; last row's top tokens:",
       [show(i) for i in ll.top_ids[-1, :, 0]])
+print("last position, top token per row:", [show(i) for i in ll.top_ids[:, -1, 0]])
+
+# %% [markdown]
+# The same grid to explore: hover a cell for its five most likely tokens with their
+# probabilities, and the rank of the target token at that layer and position.
+
+# %%
+from annotated_llama import explorers  # noqa: E402
+
+
+def token_text(i):  # a token's text, or its id for a spare embedding row no token owns
+    return tok.decode([int(i)]) if int(i) < tok.vocab_size else f"<{int(i)}>"
+
+
+lens_explorer = explorers.logit_lens(ll, token_text, [token_text(i) for i in ids],
+                                     target_text=tok.decode([target]))
+print(lens_explorer.summary)
+
+# %% tags=["remove-input", "nbval-ignore-output"]
+lens_explorer
 
 # %% [markdown]
 # And the target alone, at the last position (the one that predicts the answer), across layers:
@@ -250,7 +270,8 @@ rank = ll.target_rank[:, -1].cpu()
 prob = ll.target_prob[:, -1].float().cpu()
 first = ll.first_layer_ranked_first()
 print("row       rank  probability")
-for r in list(range(0, rows - 1, 3 if rows > 16 else 1)) + [rows - 1]:
+shown = set(range(0, rows - 1, 3 if rows > 16 else 1)) | {max(0, rows - 3), rows - 2, rows - 1}
+for r in sorted(shown):
     print(f"{ll.labels[r]:9s} {int(rank[r]):5d}  {prob[r]:.1e}")
 where = ll.labels[first] if first is not None else "never"
 print(f"{tok.decode([target])!r} first ranks first at row {first}: {where}")
@@ -271,10 +292,10 @@ print(f"{rows} points; best rank {int(rank.min())}, last row's probability {prob
 # %% [markdown]
 # On the bundled model the reading is late: " Paris" ranks in the thousands through the first two
 # thirds of the network, climbs into the top hundred only in the last few blocks, and becomes
-# the top token only after the very last block, with probability 0.77. Before that, the middle
-# rows mostly predict punctuation and function words. A 135M-parameter model has little depth
-# to spare, and the final block does a large share of the work. Wendler et al.
-# {cite}`wendler2024llamas` read Llama 2 with this lens and found the answer several layers
+# the top token only after the very last block, with probability 0.77. Before that, the last
+# position's rows mostly read a full stop or a bare space, and " the" in the last few layers. The
+# final block does a large share of the work: it takes " Paris" from rank 3 to rank 1. Wendler et
+# al. {cite}`wendler2024llamas` read Llama 2 with this lens and found the answer several layers
 # before the end, with an English "concept space" in the middle layers. The outputs on this
 # page are the bundled model's; change `MODEL` to draw another model's grid.
 #
@@ -302,9 +323,10 @@ for r in range(rows):
 # start-of-text token) is not an ordinary position. In layers 2 to 8 its readings are about as
 # sure as the others' (about 3 bits, against a median of 1 to 2 bits elsewhere), but they never
 # change: "," with probability 0.33 to 0.39 at every layer. Layer 10 reads " dismant" there with
-# probability 0.97. From layer 11 to layer 28 the reading freezes again, now near uniform: " the"
-# with probability 0.03 and about 10 bits of entropy, row after row, not far from the 15.6 bits
-# of a uniform guess, while the median of the other positions stays between 0.2 and 2.5 bits.
+# probability 0.97. From layer 11 to layer 28 the reading freezes again, now flat: " the" with
+# probability 0.03 to 0.04 and about 10 bits of entropy, row after row (a uniform guess over the
+# vocabulary has 15.6 bits), while the median of the other positions stays between 0.2 and 1.8
+# bits.
 # Only the last layer changes it. The section on massive activations below shows why.
 
 # %% [markdown]
@@ -412,10 +434,46 @@ print("mean share on the first token, layers 0-1:", f"{by_layer[:2].mean():.2f}"
       "| layers 2 and up:", f"{by_layer[2:].mean():.2f}" if L > 2 else "none")
 print("heads with share > 0.9 (layer, head):",
       [(int(l), int(h)) for l, h in (sink > 0.9).nonzero()])
+print("heads with share > 0.5 per layer:", (sink > 0.5).sum(-1).tolist())
 if L > 2:
     low = by_layer[2:].topk(min(2, L - 2), largest=False)
     print("layers >= 2 with the lowest mean share:",
           [(int(i) + 2, round(float(v), 2)) for v, i in zip(*low)])
+
+# %% [markdown]
+# Every layer and head of this sentence, to explore: pick one in the menus or in the small map
+# of the shares just drawn, then hover a query row to read its weights on every key; the first
+# column, the sink, is framed in red.
+
+# %%
+sentence_explorer = explorers.attention(probs, [token_text(i) for i in s_ids],
+                                        title=f"Attention weights for {sentence!r}",
+                                        layer=pl, head=ph)
+print(sentence_explorer.summary)
+print(f"opens on layer {pl}, head {ph} (the previous-token head above)")
+
+# %% tags=["remove-input", "nbval-ignore-output"]
+sentence_explorer
+
+# %% [markdown]
+# The same two explorers for a bigger model, when its data is stored beside this chapter: on a GPU,
+# `python -m annotated_llama explore --model meta-llama/Llama-2-7b-hf --out
+# notebooks/explorers/10_llama-2-7b.json` computes them for this chapter's prompt and sentence and
+# writes a small JSON file, which the next cells show.
+
+# %%
+from pathlib import Path  # noqa: E402
+
+stored_runs = [explorers.load_saved(path) for path in sorted(Path("explorers").glob("10_*.json"))]
+print(f"{len(stored_runs)} stored run(s) in notebooks/explorers/:",
+      [f"{source}: {len(found)} explorers" for source, found in stored_runs])
+
+# %% tags=["remove-input", "nbval-ignore-output"]
+from IPython.display import display  # noqa: E402
+
+for _, found in stored_runs:
+    for stored_explorer in found:
+        display(stored_explorer)
 
 # %% [markdown]
 # ## What kind of head is it?
@@ -461,6 +519,7 @@ ax.legend(handles, kinds, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=
 ax.set_title("Where each head's attention goes (label: largest share; number: that share)")
 plt.show()
 print(f"{L} x {H} heads; counts per kind:", [int((kind == j).sum()) for j in range(4)])
+print("first-token heads per layer:", (kind == 0).sum(-1).tolist())
 
 # %% [markdown]
 # On the bundled model, the printouts say: in layers 0 and 1 the first token gets a sixth of the
@@ -517,10 +576,17 @@ print(f"layer {pl}, head {ph} (KV head {g}, shared by query heads "
       f"{list(range(g * n_rep, (g + 1) * n_rep))})")
 print(f"diagonal (offset 0): x_i^T W_QK x_i / sqrt(d) == the model's score, within {TOL:.2g}")
 print(f"below the diagonal, without RoPE the scores are off by {off:.0%} of the largest score")
+causal_plain = plain.masked_fill(~torch.ones(S, S, dtype=torch.bool).tril(), float("-inf"))
+rows_q = torch.arange(1, S)
+hits = lambda sc: int((sc[rows_q].argmax(-1) == rows_q - 1).sum())  # noqa: E731
+print(f"previous token has the largest score: without RoPE for {hits(causal_plain)} of "
+      f"{S - 1} queries, with RoPE for {hits(scores)}")
 
 # %% [markdown]
 # On the diagonal the two agree, and below it the plain product misses by a large fraction of the
-# scores: RoPE is what lets this head prefer the token one position back.
+# scores. For the bundled model's head, without RoPE the largest score would be the previous
+# token's for one query only (the first token's for the others); with RoPE it is the previous
+# token's for every query: RoPE is what lets this head prefer the token one position back.
 #
 # Now the circuits themselves. Neither `dim × dim` matrix needs to be formed to get its singular
 # values: with the QR factorisations $W_Q^{h\top} = Q_1 R_1$ and $W_K^{h\top} = Q_2 R_2$ (each $Q$
@@ -689,8 +755,7 @@ else:
 # occurrence of "the" (in "over the lazy dog"), a smaller echo of Sun et al.'s "first
 # delimiter"; here it is a word, and one sentence cannot tell us which tokens qualify. SmolLM2
 # adds no start token, so the "start" is whatever word comes first. Change `MODEL` and the
-# printouts above name another model's dimensions, or say that there are none, as for random
-# weights.
+# printouts above name another model's dimensions, or say that there are none.
 #
 # This is also what froze the logit lens at position 0. Once a few entries hold nearly all of a
 # state's norm, the final RMSNorm divides everything else by their size, and the updates that
@@ -726,15 +791,17 @@ else:
 # For the bundled model, dimension 507 holds over 90% of position 0's squared norm from layer 2
 # to layer 8 and 98% from layer 11 to layer 27, and in both stretches the state's direction
 # hardly moves: the cosine between consecutive rows is 0.9998 or more in layers 3 to 7 and
-# 1.0000 in layers 12 to 26. The five largest entries alone read like the whole state: 2.5 to 2.8
-# bits in the first stretch and 9.5 to 10 in the second, against 2.8 to 3.1 and 9.9 to 10 for the
-# whole state. So both frozen readings are those of the massive entries, not predictions about
-# what follows "The". What changes between the stretches is their size and mix: at layers 9 to
-# 11 the state is rebuilt (cosines 0.85, 0.78, 0.44), dimension 507 falls from about 650 to 60
-# and jumps to about 22,500, and the reading goes from "," through a confident " dismant" at
-# layer 10, where dimension 507 holds only a fifth of the norm, to the flat one. (Position 0
-# attends only to itself, so its state is the same in every text that starts with "The": these
-# are the same numbers as in the sentence's table above.)
+# 1.0000 in layers 12 to 26. The five largest entries alone are about as sure as the whole state:
+# 2.5 to 2.8 bits in the first stretch and 9.5 to 10 in the second, against 2.8 to 3.1 and 9.9 to
+# 10 for the whole state, with the same top token "," in the first stretch (in the second, ","
+# against " the", both at a few percent). So how sure both frozen readings are is set by the
+# massive entries; neither is a prediction about what follows "The". What changes between the
+# stretches is their size and mix: at layers 9 to 11 the state is rebuilt (cosines 0.85, 0.78,
+# 0.44), dimension 507 falls from about 650 to 60 and jumps to about 22,500, and the reading goes
+# from "," through a confident " dismant" at layer 10, where dimension 507 holds only a fifth of
+# the squared norm, to the flat one. (Position 0 attends only to itself, so its state is the same
+# in every text that starts with "The": these are the same numbers as in the sentence's table
+# above.)
 
 # %% [markdown]
 # ## Weights: shallow vs deep
@@ -797,8 +864,9 @@ for i in picked:
 # depth, while the value weights start smallest and grow. The gains of both norms grow with
 # depth, as does the residual stream they divide, so the scale each sub-layer sees is set by
 # both. These are statistics of one small model, and of its 4-bit weights: quantization rounds
-# every entry, which leaves the largest singular values nearly unchanged but adds a floor of
-# noise under the smallest. Read another model's off the same figure.
+# every entry, and moves each singular value by at most the spectral norm of the rounding error,
+# which matters most, relative to their size, for the smallest. Read another model's off the same
+# figure.
 
 # %% [markdown]
 # ## Embedding spaces: input vs output
@@ -810,6 +878,8 @@ for i in picked:
 # %%
 tied = model.output.weight.data_ptr() == model.tok_embeddings.weight.data_ptr()
 print("input and output embeddings are one tensor (tied):", tied)
+n_params = sum(p.numel() for p in model.parameters())  # a tied tensor is counted once
+print(f"vocab x dim = {args.vocab_size * args.dim:,} parameters of {n_params:,} in the model")
 
 
 def token_id(word):  # the id of " word" in running text, or None if it is not a single token
@@ -859,7 +929,7 @@ for word in ["Paris", "king", "three", "blue", "Monday", "dog"]:
 # - What the bundled (4-bit) model showed: the answer appears only in the last block; from layer
 #   2 on most heads sink their attention into the first token; one residual dimension on the
 #   first token holds values thousands of times the median and freezes that position's
-#   logit-lens reading near uniform.
+#   logit-lens reading into a flat one (about 10 bits).
 #
 # Everything in this chapter ran on a CPU, in float32 for the outputs shown here. The next
 # chapter is about speed on a GPU: bf16, fused attention kernels, a static KV cache,

@@ -15,8 +15,8 @@
 # %% [markdown]
 # # Appendix: model families
 #
-# An appendix. The book ran one architecture on one small model, but the same code describes a
-# whole family: LLaMA 1 {cite}`touvron2023llama`, Llama 2 {cite}`touvron2023llama2`, Code Llama
+# The book ran one architecture on one small model, but the same code describes a whole
+# family: LLaMA 1 {cite}`touvron2023llama`, Llama 2 {cite}`touvron2023llama2`, Code Llama
 # {cite}`roziere2023codellama`, Llama 3 and 3.1 {cite}`dubey2024llama3`, the small Llama 3.2
 # models {cite}`meta2024llama32`, and models that copied the layers with other sizes: TinyLlama
 # {cite}`zhang2024tinyllama`, SmolLM2 {cite}`allal2025smollm2` and Mistral 7B
@@ -51,7 +51,7 @@ import warnings
 
 import matplotlib.pyplot as plt
 import torch
-from IPython.display import HTML, Markdown
+from IPython.display import Markdown
 
 import annotated_llama as al
 from annotated_llama.reference import transformers_config
@@ -236,13 +236,25 @@ print(f"all {len(HEADLINE)} headline figures agree with the counts")
 # count. Two tables: the shapes, then the sizes.
 
 # %%
-def html_table(columns, rows):
-    cell = "padding: 2px 5px; white-space: nowrap"
-    head = "".join(f'<th style="padding: 2px 5px">{html.escape(c)}</th>' for c in columns)
-    body = "".join("<tr>" + "".join(f'<td style="{cell}">{html.escape(str(v))}</td>' for v in r)
-                   + "</tr>\n" for r in rows)
-    return HTML(f'<table style="font-size: 0.8em; text-align: right">\n<tr>{head}</tr>\n'
+class Table:
+    """A table shown as HTML on the page; its plain-text form is what nbval compares."""
+
+    def __init__(self, columns, rows):
+        self.columns, self.rows = columns, [[str(v) for v in r] for r in rows]
+
+    def _repr_html_(self):
+        cell = "padding: 2px 5px; white-space: nowrap"
+        head = "".join(f'<th style="padding: 2px 5px">{html.escape(c)}</th>'
+                       for c in self.columns)
+        body = "".join("<tr>" + "".join(f'<td style="{cell}">{html.escape(v)}</td>' for v in r)
+                       + "</tr>\n" for r in self.rows)
+        return (f'<table style="font-size: 0.8em; text-align: right">\n<tr>{head}</tr>\n'
                 f"{body}</table>")
+
+    def __repr__(self):
+        widths = [max(len(c), *(len(r[i]) for r in self.rows)) for i, c in enumerate(self.columns)]
+        lines = [self.columns, *self.rows]
+        return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths)) for line in lines)
 
 
 def shape_row(name):
@@ -251,8 +263,8 @@ def shape_row(name):
             f"{a.max_seq_len:,}", f"{a.rope_theta:,.0f}", "yes" if a.tie_word_embeddings else "no"]
 
 
-html_table(["model", "layers", "dim", "heads", "KV heads", "head dim", "FFN", "vocab", "context",
-            "RoPE θ", "tied"], [shape_row(n) for n in NAMES])
+Table(["model", "layers", "dim", "heads", "KV heads", "head dim", "FFN", "vocab", "context",
+       "RoPE θ", "tied"], [shape_row(n) for n in NAMES])
 
 # %% [markdown]
 # The sizes, with the memory the weights take in 16 bits (2 bytes per parameter) and the
@@ -279,8 +291,8 @@ def size_row(name):
             f"{kv_bytes_per_token(a) / 1024:g}", smallest_gpu(a), ", ".join(checks)]
 
 
-html_table(["model", "parameters", "16-bit weights (GiB)", "KV cache (KiB / token)",
-            "smallest Colab GPU", "checks"], [size_row(n) for n in NAMES])
+Table(["model", "parameters", "16-bit weights (GiB)", "KV cache (KiB / token)",
+       "smallest Colab GPU", "checks"], [size_row(n) for n in NAMES])
 
 # %% [markdown]
 # Checks: "exact": equal to the published exact count; "HF": equal to transformers'
@@ -306,9 +318,9 @@ for gpu in [*GPUS, "none"]:
 # ## Parameters vs KV cache
 #
 # Weight memory grows with the parameters; the KV cache grows with the context and the batch,
-# and per token it depends on layers × KV heads × head size only. {term}`Grouped-query attention
-# <GQA>` {cite}`ainslie2023gqa` cuts it by the ratio of query to KV heads, which is why
-# Llama-2-70B needs less cache per token than Llama-2-13B:
+# and per token it depends on layers × KV heads × head size only.
+# {term}`Grouped-query attention <GQA>` {cite}`ainslie2023gqa` cuts it by the ratio of query to
+# KV heads, which is why Llama-2-70B needs less cache per token than Llama-2-13B:
 
 # %%
 kib = {n: kv_bytes_per_token(presets[n]) / 1024 for n in NAMES}
@@ -370,9 +382,10 @@ print(f"{len(points)} points for {len(NAMES)} models; KiB per token from {min(ki
 # Per parameter, the ranking turns around. The three SmolLM2 models pay the most, the bundled
 # 135M model first (22.5 KiB per token for 0.135 billion parameters: 167 KiB per billion), then
 # SmolLM2-1.7B, which keeps one KV head per query head (192 KiB per token, more than Llama 3 8B
-# at a fifth of its size), and SmolLM2-360M. The multi-head LLaMA 1 and Llama 2 models follow,
-# less the larger they are, and the models with grouped-query attention pay least, down to 1.2 KiB
-# per billion for Llama 3.1 405B. A small model's weights are cheap, but its cache per token is
+# at a fifth of its size), and SmolLM2-360M. The multi-head LLaMA 1, Llama 2 and Code Llama
+# models follow, less the larger they are, and the other models with grouped-query attention
+# (Llama 3, 3.1 and 3.2, TinyLlama, Mistral) pay least, down to 1.2 KiB per billion for Llama 3.1
+# 405B: grouping does not save the two small SmolLM2 models from first and third place. A small model's weights are cheap, but its cache per token is
 # not proportionally smaller, so at long contexts and large batches its cache, not its weights,
 # fills the memory.
 

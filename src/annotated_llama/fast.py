@@ -15,7 +15,8 @@ GPU (chapter 11):
   that a fused CUDA kernel accepts the call (see ``FastLlama._decode``);
 - **fused projections**: wq/wk/wv concatenated into one ``wqkv`` and w1/w3 into one ``w13`` once, at
   construction (one matrix-vector product instead of three, or two; on by default on CUDA only, since on a
-  2-core CPU it measured no faster);
+  2-core CPU it measured no faster). Quantized linears (chapter 12's ``Int8Linear`` / ``Int4Linear``, and the
+  ``Int8Embedding``) are never fused: they are called as modules, on their own kernels;
 - **no host-device syncs** in the decode loop: sampling on the device, new tokens written into a device buffer
   that is copied to the host once at the end; positions are checked on the host before the loop;
 - an optional **torch.compile** of the one-token step (``mode="reduce-overhead"`` on CUDA: CUDA graphs; the
@@ -149,22 +150,30 @@ class FastLlama(nn.Module):
         def share(t: torch.Tensor) -> torch.Tensor:
             return t.detach()  # the same storage, outside autograd
 
-        self.tok_embeddings = share(model.tok_embeddings.weight)  # [vocab, dim]
+        def weight_or_module(m: nn.Module):
+            """A float linear's weight (called with F.linear), or a quantized linear itself (chapter 12's
+            ``Int8Linear`` / ``Int4Linear``: called as a module, never concatenated)."""
+            return share(m.weight) if isinstance(m, (nn.Linear, nn.Embedding)) else m
+
+        self.tok_embeddings = weight_or_module(model.tok_embeddings)  # [vocab, dim], or an Int8Embedding
         self.norm_weight = share(model.norm.weight)
-        self.output = share(model.output.weight)  # [vocab, dim]; the embedding itself when tied
+        self.output = weight_or_module(model.output)  # [vocab, dim]; the embedding itself when tied
         self.layers = []
         for block in model.layers:
             attn, ff = block.attention, block.feed_forward
-            w: dict[str, torch.Tensor] = {
+            w: dict = {
                 "attention_norm": share(block.attention_norm.weight), "ffn_norm": share(block.ffn_norm.weight),
-                "wo": share(attn.wo.weight), "w2": share(ff.w2.weight),
+                "wo": weight_or_module(attn.wo), "w2": weight_or_module(ff.w2),
             }
-            if fuse:
+            qkv, w13 = (attn.wq, attn.wk, attn.wv), (ff.w1, ff.w3)
+            if fuse and all(isinstance(m, nn.Linear) for m in qkv):
                 w["wqkv"] = self._fuse(attn, ("wq", "wk", "wv"), alias_model_weights)
+            else:  # quantized projections are not fused: their weights are not float rows to concatenate
+                w.update({n: weight_or_module(getattr(attn, n)) for n in ("wq", "wk", "wv")})
+            if fuse and all(isinstance(m, nn.Linear) for m in w13):
                 w["w13"] = self._fuse(ff, ("w1", "w3"), alias_model_weights)
             else:
-                w.update({n: share(getattr(attn, n).weight) for n in ("wq", "wk", "wv")})
-                w.update({n: share(getattr(ff, n).weight) for n in ("w1", "w3")})
+                w.update({n: weight_or_module(getattr(ff, n)) for n in ("w1", "w3")})
             self.layers.append(w)
 
         # Rotary angles from the model's own table, as real cos/sin (float32 [context, head_dim/2]).
@@ -253,18 +262,23 @@ class FastLlama(nn.Module):
         self.setup_cache(max(batch, self.max_batch_size), length)
 
     # --- the layers ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _linear(x: torch.Tensor, weight) -> torch.Tensor:
+        """x @ weightᵀ for a float weight; a quantized linear module is called."""
+        return F.linear(x, weight) if isinstance(weight, torch.Tensor) else weight(x)
+
     def _qkv(self, w: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.fuse:
+        if "wqkv" in w:
             q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
             return F.linear(x, w["wqkv"]).split([q_size, kv_size, kv_size], dim=-1)
-        return F.linear(x, w["wq"]), F.linear(x, w["wk"]), F.linear(x, w["wv"])
+        return self._linear(x, w["wq"]), self._linear(x, w["wk"]), self._linear(x, w["wv"])
 
     def _ffn(self, w: dict, x: torch.Tensor) -> torch.Tensor:
-        if self.fuse:
+        if "w13" in w:
             gate, up = F.linear(x, w["w13"]).chunk(2, dim=-1)
         else:
-            gate, up = F.linear(x, w["w1"]), F.linear(x, w["w3"])
-        return F.linear(F.silu(gate) * up, w["w2"])
+            gate, up = self._linear(x, w["w1"]), self._linear(x, w["w3"])
+        return self._linear(F.silu(gate) * up, w["w2"])
 
     def _block(self, i: int, x: torch.Tensor, cos, sin, write, attend) -> torch.Tensor:
         """One transformer block; ``write(i, k, v)`` stores keys/values, ``attend(i, q, k, v)`` attends."""
@@ -277,11 +291,15 @@ class FastLlama(nn.Module):
         write(i, k, v)
         out = attend(i, q, k, v)  # [b, n_heads, seq, hd]
         out = out.transpose(1, 2).reshape(batch, seq, self.n_heads * self.head_dim)
-        h = x + F.linear(out, w["wo"])
+        h = x + self._linear(out, w["wo"])
         return h + self._ffn(w, rms_norm(h, w["ffn_norm"], self.eps))
 
+    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        e = self.tok_embeddings
+        return F.embedding(tokens, e) if isinstance(e, torch.Tensor) else e(tokens)
+
     def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(rms_norm(h, self.norm_weight, self.eps), self.output).float()
+        return self._linear(rms_norm(h, self.norm_weight, self.eps), self.output).float()
 
     def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Prefill from position 0: tokens [batch, seq] -> float32 logits of the last position [batch, vocab].
@@ -302,7 +320,7 @@ class FastLlama(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                   enable_gqa=self.n_rep > 1 and not repeat_kv)
 
-        h = F.embedding(tokens, self.tok_embeddings)  # [batch, seq, dim]
+        h = self._embed(tokens)  # [batch, seq, dim]
         for i in range(len(self.layers)):
             h = self._block(i, h, cos, sin, write, attend)
         return self._logits(h[:, -1:])[:, 0]
@@ -341,7 +359,7 @@ class FastLlama(nn.Module):
             out = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)  # [b, n_kv_heads, n_rep, hd]
             return out.reshape(batch, self.n_heads, 1, self.head_dim)
 
-        h = F.embedding(token[:, None], self.tok_embeddings)  # [batch, 1, dim]
+        h = self._embed(token[:, None])  # [batch, 1, dim]
         for i in range(len(self.layers)):
             h = self._block(i, h, cos, sin, write, attend)
         return self._logits(h)[:, 0]

@@ -18,6 +18,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1
 
     temperature 0 is greedy (argmax). Otherwise: divide by the temperature, keep the ``top_k`` most likely
     tokens, then the smallest set whose probabilities add up to ``top_p``, renormalise and draw.
+    With both limits set, ``top_p`` counts probability in the whole (temperature-scaled) distribution, not
+    renormalised over the ``top_k`` survivors first, as transformers' logits warpers do: ours can keep more
+    tokens than theirs for the same settings.
     """
     if temperature < 0 or not 0.0 < top_p <= 1.0 or (top_k is not None and top_k < 1):
         raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import assets
@@ -169,18 +170,105 @@ def build_model(args: ModelArgs, sd: dict[str, torch.Tensor], device, dtype) -> 
     return model.eval().requires_grad_(False)
 
 
-def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_seq_len: int | None = None):
+QUANTIZE = (None, "int8", "int4", "native")
+
+
+def _gguf_path(source) -> Path | None:
+    """The GGUF file that ``source`` names (the bundled model's included), or None."""
+    if isinstance(source, str) and source.lower() in BUNDLED:
+        return assets.asset_path(BUNDLED[source.lower()])
+    path = Path(source).expanduser()
+    return path if path.is_file() and path.suffix == ".gguf" else None
+
+
+def build_native(path: Path, device, dtype, max_seq_len: int | None = None) -> Transformer:
+    """A model from a GGUF's own blocks: every Q4_1 matrix of the layers goes straight into an ``Int4Linear``
+    (the same 4-bit numbers, scales and minimums; no float matrix in between); the norms are read as floats; a
+    tied Q8_0 embedding (the bundled file's) becomes the int8 head and embedding as it is (``Int8Linear.from_q8_0``:
+    exact). Any other embedding or head type is dequantized and re-quantized to int8 per group of 32 (rounding
+    enters there). Tensor by tensor, so memory holds one float matrix at most."""
+    from gguf import GGMLQuantizationType, dequantize
+
+    from .quant import LAYER_LINEARS, Int4Linear, Int8Linear, quantize_head
+    from .weights import check_state_dict, gguf_param_name, open_gguf
+
+    reader, args = open_gguf(path)
+    if max_seq_len is not None:
+        args = args.replace(max_seq_len=min(max_seq_len, args.max_seq_len))
+    linears = {f"{part}.{name}.weight" for part, name in LAYER_LINEARS}
+    with torch.device("meta"):
+        model = Transformer(args)
+    floats, shapes, head = {}, {}, None
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            continue
+        name = gguf_param_name(t.name, path)
+        rows, cols = ([int(n) for n in reversed(t.shape)] + [1])[:2]
+        shapes[name] = torch.Size([rows, cols] if len(t.shape) == 2 else [rows])
+        if name == "tok_embeddings.weight" and args.tie_word_embeddings and \
+                t.tensor_type == GGMLQuantizationType.Q8_0:  # the tied head: its Q8_0 blocks as they are
+            head = Int8Linear.from_q8_0(t.data, rows, cols).to(device)
+        elif name.startswith("layers.") and name.split(".", 2)[2] in linears:
+            if t.tensor_type != GGMLQuantizationType.Q4_1:
+                raise CheckpointError(
+                    f"{path}: quantize='native' keeps Q4_1 matrices as they are, but {t.name} is "
+                    f"{t.tensor_type.name}; load it with quantize='int4' (or 'int8') to re-quantize from its "
+                    "dequantized weights instead")
+            module_path, _ = name.rsplit(".", 1)
+            parent_path, attr = module_path.rsplit(".", 1)
+            setattr(model.get_submodule(parent_path), attr,
+                    Int4Linear.from_q4_1(t.data, rows, cols).to(device).prepare())
+        else:
+            array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shapes[name])
+            floats[name] = torch.from_numpy(array.copy()).to(device=device, dtype=dtype)
+    check_state_dict(args, {k: torch.empty(s, device="meta") for k, s in shapes.items()}, str(path))
+    tie_floats = args.tie_word_embeddings and head is None  # with ``head``, the (meta) pair is replaced below
+    if tie_floats:
+        floats["output.weight"] = floats["tok_embeddings.weight"]
+    model.load_state_dict(floats, strict=False, assign=True)  # the linears are modules already
+    if tie_floats:
+        model.output.weight = model.tok_embeddings.weight
+    quantize_head(model, "int8", head_linear=head, dtype=dtype)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{path}: no data for {left[:5]}")
+    return model.eval().requires_grad_(False)
+
+
+def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_seq_len: int | None = None,
+         quantize: str | None = None):
     """Load a model and its tokenizer.
 
     ``source``: "smollm2-135m" (bundled), a ``.gguf`` file, a Hugging Face model directory, a Meta
     checkpoint directory (params.json + consolidated.*.pth), or a Hugging Face id when online.
     ``max_seq_len`` shortens the context (and the RoPE table) below the checkpoint's.
+    ``quantize`` (chapter 12): None (float weights in ``dtype``); "int8" or "int4" (weight-only, see ``quant``:
+    the layers' matrices quantized from the weights in ``dtype``, one at a time, each float matrix freed as it
+    goes, and the LM head and tied embedding in int8); "native" (a GGUF only: its own Q4_1 blocks, see
+    ``build_native``). ``dtype`` stays the compute dtype of activations, norms and the KV cache.
     """
+    if quantize not in QUANTIZE:
+        raise ValueError(f"unknown quantize={quantize!r}; use None, 'int8', 'int4' or 'native'")
     device, dtype = resolve_device_dtype(device, dtype)
+    if quantize == "native":
+        path = _gguf_path(source)
+        if path is None:
+            raise ValueError(
+                f"quantize='native' keeps a GGUF file's own 4-bit blocks, but {source!r} is not a .gguf file or "
+                "the bundled model; use quantize='int4' or 'int8' to quantize a float checkpoint")
+        bundled = isinstance(source, str) and source.lower() in BUNDLED
+        tokenizer = _bundled_tokenizer(source.lower()) if bundled else load_tokenizer(path)
+        return build_native(path, device, dtype, max_seq_len), tokenizer
     args, sd, tokenizer = read_checkpoint(source, device=device, dtype=dtype)
     if max_seq_len is not None:
         args = args.replace(max_seq_len=min(max_seq_len, args.max_seq_len))
     if tokenizer.vocab_size > args.vocab_size:
         raise CheckpointError(
             f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {args.vocab_size}")
-    return build_model(args, sd, device, dtype), tokenizer
+    model = build_model(args, sd, device, dtype)
+    if quantize is not None:
+        from .quant import quantize_model
+
+        sd.clear()  # the model holds the only reference to each float matrix: quantizing frees it
+        quantize_model(model, quantize)
+    return model, tokenizer

@@ -152,6 +152,15 @@ def open_gguf(path: str | Path):
     return reader, args
 
 
+def gguf_param_name(gguf_name: str, path: str | Path) -> str:
+    """A llama GGUF tensor name -> our parameter name: ``blk.3.attn_q.weight`` -> ``layers.3.attention.wq.weight``."""
+    m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.weight", gguf_name)
+    if not m or m.group(2) not in _GGUF_NAMES:
+        raise CheckpointError(f"{path}: unknown tensor {gguf_name!r} for the llama architecture")
+    name = _GGUF_NAMES[m.group(2)] + ".weight"
+    return name if m.group(1) is None else f"layers.{m.group(1)}.{name}"
+
+
 def gguf_tensors(reader, path: str | Path):
     """Yield (our parameter name, float32 tensor) for each weight of a llama GGUF, dequantized one at a time."""
     from gguf import GGMLQuantizationType, dequantize
@@ -159,12 +168,7 @@ def gguf_tensors(reader, path: str | Path):
     for t in reader.tensors:
         if t.name == "rope_freqs.weight":  # not a weight: ``open_gguf`` turned it into ModelArgs
             continue
-        m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.weight", t.name)
-        if not m or m.group(2) not in _GGUF_NAMES:
-            raise CheckpointError(f"{path}: unknown tensor {t.name!r} for the llama architecture")
-        name = _GGUF_NAMES[m.group(2)] + ".weight"
-        if m.group(1) is not None:
-            name = f"layers.{m.group(1)}.{name}"
+        name = gguf_param_name(t.name, path)
         # GGUF lists dimensions fastest-first; the numpy view is already [rows, cols].
         array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):

@@ -1,0 +1,479 @@
+"""Fewer bits (chapter 12): GGUF block decoding, and weight-only int8 / int4 linears that replace ``nn.Linear``.
+
+Formats
+- GGUF **Q4_1** block (20 bytes, 32 weights): fp16 ``d``, fp16 ``m``, then 16 bytes of 4-bit numbers ``q``;
+  byte ``j`` holds element ``j`` in its low nibble and element ``j + 16`` in its high nibble; ``w = d·q + m``.
+- GGUF **Q8_0** block (34 bytes, 32 weights): fp16 ``d``, then 32 signed bytes ``q``; ``w = d·q``.
+- Our **int8**: symmetric per output channel (row): ``w ≈ q·scale``, ``q`` in -127..127, ``scale = max|w| / 127``.
+- Our **int4**: asymmetric per group of ``group_size`` consecutive inputs of a row: ``w ≈ q·scale + zero``,
+  ``q`` in 0..15, ``zero`` the group's minimum, ``scale = (max - min) / 15``. This is Q4_1's own convention
+  (``scale = d``, ``zero = m``), so a GGUF's Q4_1 blocks become an ``Int4Linear`` exactly: the same 4-bit
+  numbers (re-packed two per byte in the CPU kernel's layout, see ``pack_nibbles``: one copy serves both the
+  reader and the kernel), fp16 ``d``/``m`` widened to float32 (exact).
+  PyTorch's packed int4 kernels use ``(q - 8)·scale + zero'``; ``zero' = zero + 8·scale`` is computed once,
+  when the kernel's copy is packed: one float32 rounding there (bf16 on CUDA, whose kernel takes bf16 only).
+
+Kernels (``forward``). Measured for one token's worth of the bundled model's matmuls (30 layers × 7 matrices of
+distinct weights, batch 1, one thread, medians of 7 alternating repetitions, AMD EPYC AVX2, load average
+3.9-4.3 on 2 cores shared with other jobs, so ratios matter more than times): float32 ``F.linear`` 99 ms;
+fbgemm's dynamic int8 linear (``torch.ops.quantized.linear_dynamic`` on prepacked weights) 46 ms;
+``torch._weight_int8pack_mm`` 298 ms; PyTorch's packed int4 CPU matmul (``_weight_int4pack_mm_for_cpu``)
+520 ms (864 ms against float32's 163 ms in a busier repeat, where dequantize-then-``F.linear`` in eager
+PyTorch took 3,300 ms); ``torch.compile`` of dequantize-then-matmul 1,074 ms (int8) and 1,600 ms (int4)
+against 96 ms; torchao 0.18 (PyPI) ships no CPU kernel of its own for these (its CPU int4 weight-only path
+calls the same ``_weight_int4pack_mm_for_cpu``; its int8-activation/int4-weight CPU op is not in the wheel).
+So:
+- ``Int8Linear`` on CPU runs fbgemm's dynamic linear: it also rounds the *activations*, per call, to 8 bits
+  (7 in practice: ``reduce_range``, which keeps AVX2's 16-bit pair sums from saturating), so it is not purely
+  weight-only; we make the rounding per token (each token scaled to max |x| = 1 before the call), and the
+  extra error is bounded by ``activation step / 2 · Σ|w|`` per output (tested). fbgemm keeps
+  its own packed copy of the int8 weights, so on CPU an int8 weight occupies two bytes (``q`` + the pack).
+  PyTorch 2.13 deprecates the quantized tensor type this path builds on (pytorch/pytorch#184982); where the
+  op is missing, ``forward`` falls back to the reference. Elsewhere (CUDA, other devices): the reference.
+- ``Int4Linear`` on CPU runs ``_weight_int4pack_mm_for_cpu``, the fastest int4 path measured, and still several
+  times slower than float32 here: none of the kernels above makes a 4-bit matmul faster than float32 on this
+  CPU (llama.cpp's hand-written AVX2 dot products do; see ``benchmarks/quant_compare.py``). On CUDA:
+  ``_weight_int4pack_mm`` (bf16 only; ``in_features`` a multiple of 128, ``out_features`` of 8, group size 32,
+  64, 128 or 256), gated on ``device.type == "cuda"`` and untested here (no GPU); elsewhere the reference.
+
+The plain references (``int8_linear_reference``, ``int4_linear_reference``: dequantize, then ``F.linear``) are
+the checked truth; the kernels are tested against them.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLOCK = 32  # weights per GGUF Q4_1 / Q8_0 block
+Q4_1_BYTES = 20  # 2 (d) + 2 (m) + 16 (32 nibbles)
+Q8_0_BYTES = 34  # 2 (d) + 32 (int8)
+SCHEMES = ("int8", "int4")
+
+
+# --- GGUF blocks, byte by byte ---------------------------------------------------------------------------
+def decode_q4_1_block(raw: bytes) -> torch.Tensor:
+    """One 20-byte Q4_1 block -> its 32 weights (float32)."""
+    if len(raw) != Q4_1_BYTES:
+        raise ValueError(f"a Q4_1 block is {Q4_1_BYTES} bytes, got {len(raw)}")
+    d, m = struct.unpack("<ee", raw[:4])  # two little-endian fp16 numbers: the scale and the minimum
+    q = [0] * BLOCK
+    for j, byte in enumerate(raw[4:]):
+        q[j] = byte & 0x0F  # low nibble: elements 0..15
+        q[j + 16] = byte >> 4  # high nibble: elements 16..31
+    # d·q is exact in float32 (11 + 4 significant bits); the sum is rounded once, as ggml does in float32.
+    return torch.tensor([d * qi + m for qi in q], dtype=torch.float32)
+
+
+def decode_q8_0_block(raw: bytes) -> torch.Tensor:
+    """One 34-byte Q8_0 block -> its 32 weights (float32)."""
+    if len(raw) != Q8_0_BYTES:
+        raise ValueError(f"a Q8_0 block is {Q8_0_BYTES} bytes, got {len(raw)}")
+    (d,) = struct.unpack("<e", raw[:2])
+    q = struct.unpack("<32b", raw[2:])  # 32 signed bytes
+    return torch.tensor([d * qi for qi in q], dtype=torch.float32)
+
+
+# --- quantizing and dequantizing -------------------------------------------------------------------------
+def quantize_int8(weight: torch.Tensor, group_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (q int8 [out, in], scale float32 [out]): symmetric per row, |w - q·scale| ≤ scale/2.
+
+    ``group_size``: one scale per group of that many inputs instead (scale [out, in/g]): Q8_0's layout with 32."""
+    out_f, in_f = weight.shape
+    g = in_f if group_size is None else group_size
+    if group_size is not None:
+        _check_group(in_f, g)
+    w = weight.detach().float().reshape(out_f, in_f // g, g)  # [out, groups, g]
+    scale = w.abs().amax(dim=-1) / 127  # [out, groups]
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: q = 0, any scale
+    q = torch.round(w / safe[..., None]).clamp(-127, 127).to(torch.int8).reshape(out_f, in_f)
+    return q, (scale[:, 0] if group_size is None else scale)
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """q int8 [out, in] with scale [out] (per row) or [out, groups] -> float32 [out, in]."""
+    s = scale.reshape(q.shape[0], -1)  # [out, groups]; one group per row when per row
+    return (q.float().reshape(q.shape[0], s.shape[1], -1) * s[..., None]).reshape(q.shape)
+
+
+def _check_group(in_features: int, group_size: int) -> None:
+    if group_size <= 0 or group_size % 2:
+        raise ValueError(f"group_size must be a positive even number, got {group_size}")
+    if in_features % group_size:
+        raise ValueError(f"in_features {in_features} is not divisible by group_size {group_size}; "
+                         f"use a group size that divides it (e.g. 32 or 64 for 576)")
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[out, in] float -> (q uint8 0..15 [out, in], scale [out, in/g], zero [out, in/g]), float32 scales.
+
+    ``w ≈ q·scale + zero`` with ``zero`` the group minimum: |w - deq| ≤ scale/2 (plus float32 rounding)."""
+    out_f, in_f = weight.shape
+    _check_group(in_f, group_size)
+    g = weight.detach().float().reshape(out_f, in_f // group_size, group_size)  # [out, groups, g]
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)  # [out, groups]
+    scale = (hi - lo) / 15
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant group: q = 0, w = zero exactly
+    q = torch.round((g - lo[..., None]) / safe[..., None]).clamp(0, 15).to(torch.uint8)
+    return q.reshape(out_f, in_f), scale, lo
+
+
+def dequantize_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    out_f, in_f = q.shape
+    g = q.float().reshape(out_f, in_f // group_size, group_size)  # [out, groups, g]
+    return (g * scale[..., None] + zero[..., None]).reshape(out_f, in_f)  # [out, in] float32
+
+
+TILE = 32  # output rows per tile of the packed int4 layout
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """uint8 0..15 [out, in] -> [out, in/2], two numbers per byte, in the layout of PyTorch's CPU int4 kernel
+    (``_convert_weight_to_int4pack_for_cpu``): output rows in tiles of 32; for each tile and each input column,
+    16 bytes, byte j holding row j of the tile (low nibble) and row j + 16 (high nibble). Q4_1 pairs elements
+    j and j + 16 the same way, but along a block's inputs instead of a tile's rows."""
+    out_f, in_f = q.shape
+    if out_f % TILE:
+        raise ValueError(f"out_features {out_f} is not a multiple of {TILE}, which the int4 layout needs")
+    t = q.reshape(out_f // TILE, 2, TILE // 2, in_f)  # [tiles, (low, high), 16, in]
+    return (t[:, 0] | (t[:, 1] << 4)).transpose(1, 2).contiguous().reshape(out_f, in_f // 2)  # [tiles, in, 16]
+
+
+def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``pack_nibbles``: [out, in/2] -> uint8 0..15 [out, in]."""
+    out_f, half = packed.shape
+    t = packed.reshape(out_f // TILE, 2 * half, TILE // 2)  # [tiles, in, 16]
+    return torch.stack((t & 0x0F, t >> 4), dim=1).transpose(2, 3).reshape(out_f, 2 * half)  # [tiles, 2, 16, in]
+
+
+# --- the references: dequantize, then an ordinary matmul --------------------------------------------------
+def int8_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [..., in] @ (q·scale)ᵀ -> [..., out] in x's dtype (weights dequantized in float32, then cast)."""
+    return F.linear(x, dequantize_int8(q, scale).to(x.dtype))
+
+
+def int4_linear_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                          group_size: int) -> torch.Tensor:
+    """x [..., in] @ (q·scale + zero)ᵀ -> [..., out] in x's dtype; ``q`` unpacked uint8 [out, in]."""
+    return F.linear(x, dequantize_int4(q, scale, zero, group_size).to(x.dtype))
+
+
+# --- the modules -----------------------------------------------------------------------------------------
+def _fbgemm_pack(q: torch.Tensor, scale: torch.Tensor):
+    """fbgemm's prepacked int8 weights (its own layout), or None where the op is missing."""
+    try:
+        with warnings.catch_warnings():  # the quantized tensor type is deprecated in torch 2.13 (see above)
+            warnings.simplefilter("ignore")
+            qweight = torch._make_per_channel_quantized_tensor(
+                q, scale.double(), torch.zeros(q.shape[0], dtype=torch.long), 0)
+            return torch.ops.quantized.linear_prepack(qweight, None)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _as_bytes(raw) -> torch.Tensor:
+    """bytes, a uint8 tensor, or the numpy view GGUFReader gives (read-only, memory-mapped) -> uint8 [n] (one
+    copy of the bytes, never a float matrix)."""
+    if isinstance(raw, torch.Tensor):
+        return raw.reshape(-1).view(torch.uint8)
+    if isinstance(raw, (bytes, bytearray)):
+        return torch.from_numpy(np.frombuffer(bytes(raw), dtype=np.uint8).copy())
+    return torch.from_numpy(np.array(raw, dtype=np.uint8).reshape(-1))
+
+
+class Int8Linear(nn.Module):
+    """A bias-free ``nn.Linear`` with int8 weights, one scale per output row: ``y = x @ (q·scale)ᵀ``.
+
+    Buffers: ``q`` int8 [out, in], ``scale`` float32 [out] (or [out, in/group_size] with ``group_size``: Q8_0's
+    layout with 32). ``forward(x)``: any leading shape, float32, bf16 or fp16, output in x's dtype. Per row on
+    CPU it runs fbgemm's dynamic int8 linear (activations rounded to 8 bits per token as well; computed in
+    float32, then cast), on a packed copy of ``q`` made at the first CPU call (or by ``prepare()``); per group,
+    anywhere else, or if fbgemm is missing: ``int8_linear_reference`` (no group-wise int8 kernel here).
+    """
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, group_size: int | None = None):
+        super().__init__()
+        self.out_features, self.in_features = q.shape
+        self.group_size = group_size
+        self.register_buffer("q", q.to(torch.int8))
+        self.register_buffer("scale", scale.float())
+        self._pack = None  # fbgemm's copy, CPU only
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None) -> "Int8Linear":
+        if getattr(linear, "bias", None) is not None:
+            raise ValueError("Int8Linear replaces bias-free linears only (LLaMA has no biases)")
+        return cls(*quantize_int8(linear.weight, group_size), group_size)
+
+    @classmethod
+    def from_q8_0(cls, raw_blocks, out_features: int, in_features: int) -> "Int8Linear":
+        """A GGUF Q8_0 matrix's bytes -> Int8Linear with group_size 32 and the same numbers (exact)."""
+        blocks = _as_bytes(raw_blocks)
+        n_blocks = out_features * in_features // BLOCK
+        if in_features % BLOCK or blocks.numel() != n_blocks * Q8_0_BYTES:
+            raise ValueError(f"a Q8_0 [{out_features}, {in_features}] matrix is {n_blocks} blocks of "
+                             f"{Q8_0_BYTES} bytes = {n_blocks * Q8_0_BYTES} bytes, got {blocks.numel()}")
+        blocks = blocks.reshape(n_blocks, Q8_0_BYTES)
+        d = blocks[:, 0:2].contiguous().view(torch.float16).float()  # [blocks, 1]
+        q = blocks[:, 2:].contiguous().view(torch.int8).reshape(out_features, in_features)
+        return cls(q, d.reshape(out_features, in_features // BLOCK), BLOCK)
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int8(self.q, self.scale)
+
+    def prepare(self) -> "Int8Linear":
+        """Build the kernel's packed copy now (the first CPU ``forward`` would)."""
+        if self.q.device.type == "cpu" and self._pack is None and self.group_size is None:
+            self._pack = _fbgemm_pack(self.q, self.scale)
+        return self
+
+    def kernel_nbytes(self) -> int:
+        """Bytes of fbgemm's packed copy, estimated (an opaque object): one byte per weight plus one int32
+        column offset per output row."""
+        return 0 if self._pack is None else self.q.numel() + 4 * self.out_features
+
+    def _apply(self, fn, recurse=True):  # .to(device) and friends: the packed copy is rebuilt when needed
+        self._pack = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            self.prepare()
+            if self._pack is not None:
+                x2 = x.reshape(-1, self.in_features).float()  # [tokens, in]
+                # fbgemm picks one activation scale per call; dividing each token by its own max |x| first
+                # (and multiplying back after) makes it one scale per token: a prompt's loud tokens do not
+                # coarsen the quiet ones. The output is linear in x, so the division is undone exactly.
+                r = x2.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # [tokens, 1]
+                y = torch.ops.quantized.linear_dynamic(x2 / r, self._pack, True) * r  # reduce_range=True
+                return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return int8_linear_reference(x, self.q, self.scale)
+
+    def extra_repr(self) -> str:
+        per = "per row" if self.group_size is None else f"group_size={self.group_size}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {per}"
+
+
+_LAYOUT_OK: list[bool] = []
+
+
+def _cpu_layout_matches() -> bool:
+    """Does ``pack_nibbles`` give what ``torch._convert_weight_to_int4pack_for_cpu`` gives? Asked once, on a
+    64 × 64 pattern where every (row, column) has its own number."""
+    if not _LAYOUT_OK:
+        q = (torch.arange(64 * 64) * 7 % 16).reshape(64, 64)
+        q = (q + torch.arange(64)[:, None]) % 16  # rows differ too
+        ours = pack_nibbles(q.to(torch.uint8))
+        _LAYOUT_OK.append(torch.equal(ours, torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)))
+    return _LAYOUT_OK[0]
+
+
+class Int4Linear(nn.Module):
+    """A bias-free ``nn.Linear`` with 4-bit weights, a scale and a zero per group: ``w = q·scale + zero``.
+
+    Buffers: ``qpacked`` uint8 [out, in/2] (two numbers per byte, see ``pack_nibbles``), ``scale``, ``zero`` float32
+    [out, in/group_size]. ``q`` unpacks to uint8 [out, in]. ``forward(x)``: any leading shape, float32, bf16 or
+    fp16, output in x's dtype. CPU: ``torch._weight_int4pack_mm_for_cpu`` on a packed copy made at the first
+    call (or by ``prepare()``: ``qpacked`` itself plus the scales in the kernel's [groups, out, 2] form, zero'
+    = zero + 8·scale), computed in float32, then cast. CUDA: ``torch._weight_int4pack_mm`` in bf16
+    where its shape rules hold (in_features % 128, out_features % 8, group size 32/64/128/256; untested here).
+    Anything else: ``int4_linear_reference``.
+    """
+
+    def __init__(self, qpacked: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int = 32):
+        super().__init__()
+        self.out_features, half = qpacked.shape
+        self.in_features, self.group_size = 2 * half, group_size
+        _check_group(self.in_features, group_size)
+        groups = (self.out_features, self.in_features // group_size)
+        if tuple(scale.shape) != groups or tuple(zero.shape) != groups:
+            raise ValueError(f"scale and zero must be {list(groups)}, got {list(scale.shape)}, {list(zero.shape)}")
+        self.register_buffer("qpacked", qpacked.to(torch.uint8))
+        self.register_buffer("scale", scale.float())
+        self.register_buffer("zero", zero.float())
+        self._kernel = None  # (device, packed weights, scales_and_zeros) in the kernel's format
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, group_size: int = 32) -> "Int4Linear":
+        if getattr(linear, "bias", None) is not None:
+            raise ValueError("Int4Linear replaces bias-free linears only (LLaMA has no biases)")
+        q, scale, zero = quantize_int4(linear.weight, group_size)
+        return cls(pack_nibbles(q), scale, zero, group_size)
+
+    @classmethod
+    def from_q4_1(cls, raw_blocks, out_features: int, in_features: int) -> "Int4Linear":
+        """A GGUF Q4_1 matrix's bytes ([out·in/32 blocks × 20 bytes], row-major: a row's blocks in order)
+        -> Int4Linear with the same numbers: the nibble bytes are copied, d and m widened from fp16 (exact)."""
+        blocks = _as_bytes(raw_blocks)
+        n_blocks = out_features * in_features // BLOCK
+        if in_features % BLOCK or blocks.numel() != n_blocks * Q4_1_BYTES:
+            raise ValueError(f"a Q4_1 [{out_features}, {in_features}] matrix is {n_blocks} blocks of "
+                             f"{Q4_1_BYTES} bytes = {n_blocks * Q4_1_BYTES} bytes, got {blocks.numel()}")
+        blocks = blocks.reshape(n_blocks, Q4_1_BYTES)
+        d = blocks[:, 0:2].contiguous().view(torch.float16).float()  # [blocks, 1]
+        m = blocks[:, 2:4].contiguous().view(torch.float16).float()
+        nibbles = blocks[:, 4:]  # [blocks, 16]: byte j = element j (low), element j + 16 (high)
+        q = torch.cat((nibbles & 0x0F, nibbles >> 4), dim=1).reshape(out_features, in_features)  # uint8 0..15
+        groups = (out_features, in_features // BLOCK)
+        return cls(pack_nibbles(q), d.reshape(groups), m.reshape(groups), BLOCK)
+
+    @property
+    def q(self) -> torch.Tensor:
+        return unpack_nibbles(self.qpacked)  # uint8 [out, in]
+
+    def dequantize(self) -> torch.Tensor:
+        return dequantize_int4(self.q, self.scale, self.zero, self.group_size)
+
+    def _kernel_copy(self, device: torch.device):
+        """The weights in PyTorch's packed int4 format for ``device``, or None where no kernel applies."""
+        q, g = self.q, self.group_size
+        zero8 = self.zero + 8 * self.scale  # the kernels compute (q - 8)·scale + zero'
+        if device.type == "cpu" and hasattr(torch, "_weight_int4pack_mm_for_cpu"):
+            # ``qpacked`` is already in the kernel's layout (checked once against torch's own packing; if a
+            # torch version packs differently, its packing is used, at the cost of a second copy).
+            packed = self.qpacked if _cpu_layout_matches() else torch._convert_weight_to_int4pack_for_cpu(
+                q.to(torch.int32), 2)
+            sz = torch.stack((self.scale, zero8), dim=-1).transpose(0, 1).contiguous()  # [groups, out, 2]
+            return device, packed, sz
+        if (device.type == "cuda" and self.in_features % 128 == 0 and self.out_features % 8 == 0
+                and g in (32, 64, 128, 256)):
+            pairs = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)  # the CUDA pack's input: [out, in/2]
+            packed = torch._convert_weight_to_int4pack(pairs, 8)
+            sz = torch.stack((self.scale, zero8), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+            return device, packed, sz
+        return None
+
+    def prepare(self) -> "Int4Linear":
+        """Build the kernel's packed copy now (the first ``forward`` would)."""
+        if self._kernel is None:
+            self._kernel = self._kernel_copy(self.qpacked.device) or (self.qpacked.device, None, None)
+        return self
+
+    def kernel_nbytes(self) -> int:
+        if self._kernel is None or self._kernel[1] is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self._kernel[1:] if t is not self.qpacked)
+
+    def _apply(self, fn, recurse=True):
+        self._kernel = None
+        return super()._apply(fn, recurse)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.prepare()
+        device, packed, sz = self._kernel
+        if packed is not None and x.device == device:
+            x2 = x.reshape(-1, self.in_features)  # [tokens, in]
+            if device.type == "cpu":
+                y = torch._weight_int4pack_mm_for_cpu(x2.float(), packed, self.group_size, sz)
+            else:
+                y = torch._weight_int4pack_mm(x2.to(torch.bfloat16), packed, self.group_size, sz)
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return int4_linear_reference(x, self.q, self.scale, self.zero, self.group_size)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int4, "
+                f"group_size={self.group_size}")
+
+
+class Int8Embedding(nn.Module):
+    """The token embedding read from int8 rows (``q`` [vocab, dim], ``scale`` [vocab]), typically the very
+    buffers of the tied LM head's ``Int8Linear``: a lookup dequantizes only the rows it reads.
+
+    ``weight``: an empty [0, dim] tensor in the compute dtype, on the buffers' device: ``Transformer.device`` and
+    ``.dtype`` read them from ``tok_embeddings.weight``; the numbers are in ``q`` and ``scale``."""
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = q.shape
+        self.register_buffer("q", q)
+        self.register_buffer("scale", scale)
+        self.dtype = dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.empty(0, self.embedding_dim, dtype=self.dtype, device=self.q.device)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        q, s = self.q[tokens].float(), self.scale[tokens]  # [..., dim], [..., groups] (or [...] per row)
+        s = s[..., None] if s.dim() == q.dim() - 1 else s.repeat_interleave(q.shape[-1] // s.shape[-1], dim=-1)
+        return (q * s).to(self.dtype)  # [..., dim]
+
+
+# --- whole models ----------------------------------------------------------------------------------------
+def quantize_linear(linear: nn.Linear, scheme: str, group_size: int = 32) -> nn.Module:
+    if scheme == "int8":
+        return Int8Linear.from_linear(linear).prepare()
+    if scheme == "int4":
+        return Int4Linear.from_linear(linear, group_size).prepare()
+    raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+
+
+LAYER_LINEARS = (("attention", "wq"), ("attention", "wk"), ("attention", "wv"), ("attention", "wo"),
+                 ("feed_forward", "w1"), ("feed_forward", "w2"), ("feed_forward", "w3"))
+
+
+HEAD_GROUP = 32
+
+
+def quantize_head(model, head: str | None = "int8", head_linear: "Int8Linear | None" = None,
+                  dtype: torch.dtype | None = None) -> None:
+    """The LM head (and the embedding, when tied to it) in int8 with a scale per group of 32 inputs (Q8_0's
+    layout); the embedding then reads the head's ``q``/``scale`` (one copy). ``head_linear``: an Int8Linear
+    already made (from a GGUF's Q8_0 blocks). Why int8, and per group: the bundled GGUF keeps this matrix in
+    Q8_0; it is a fifth of the bundled model's weights and every logit goes through it; one scale per row
+    instead measured +5.6% perplexity on the bundled model (80.52 against 76.25, 256 tokens of the intro),
+    per group of 32 re-quantizes Q8_0 values exactly. Its matmul runs the reference (no group-wise kernel)."""
+    if head is None:
+        return
+    if head != "int8":
+        raise ValueError(f"head={head!r}: the LM head is kept in int8 (head='int8') or float (head=None)")
+    tied = model.output.weight is model.tok_embeddings.weight
+    dtype = dtype or model.dtype  # the compute dtype the embedding returns
+    model.output = head_linear if head_linear is not None else Int8Linear.from_linear(model.output, HEAD_GROUP)
+    if tied:
+        model.tok_embeddings = Int8Embedding(model.output.q, model.output.scale, dtype)
+
+
+def quantize_model(model, scheme: str, group_size: int = 32, head: str | None = "int8"):
+    """Replace, in place, every layer's wq wk wv wo w1 w2 w3 by ``Int8Linear`` / ``Int4Linear`` (one at a
+    time, freeing each float weight as it goes) and, with ``head="int8"``, the LM head (and the tied
+    embedding) by int8 rows. Returns the model."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    if scheme == "int4":
+        for name, size in (("dim", model.args.dim), ("ffn_dim", model.args.ffn_dim)):
+            _check_group(size, group_size)
+    for block in model.layers:
+        for part, name in LAYER_LINEARS:
+            parent = getattr(block, part)
+            linear = getattr(parent, name)
+            if isinstance(linear, nn.Linear):
+                setattr(parent, name, quantize_linear(linear, scheme, group_size))
+    quantize_head(model, head)
+    return model
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Resident bytes of the weights: parameters and buffers (a tensor shared by two modules counted once),
+    plus the kernels' packed copies (``kernel_nbytes``; fbgemm's is an estimate, see ``Int8Linear``)."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.device)
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total + sum(m.kernel_nbytes() for m in model.modules() if hasattr(m, "kernel_nbytes"))
+
+
+@torch.inference_mode()
+def perplexity(model, ids: list[int]) -> float:
+    """exp(mean next-token cross-entropy) of ``model`` on the token ids (one forward pass, float32 logits)."""
+    tokens = torch.tensor([ids], device=model.device)  # [1, seq]
+    logits = model(tokens)[0, :-1].float()  # [seq - 1, vocab]: position t predicts token t + 1
+    return math.exp(F.cross_entropy(logits, tokens[0, 1:]).item())

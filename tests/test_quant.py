@@ -1,0 +1,291 @@
+"""Chapter 12's quantized weights (``annotated_llama.quant``) against independent references.
+
+- GGUF blocks decoded by hand equal gguf-py's ``dequantize`` (gguf-py is the independent reference: a separate
+  implementation of the formats, by llama.cpp's authors; it shares nothing with ``quant`` but the file's bytes).
+- Each quantized linear's ``forward`` (PyTorch's / fbgemm's kernels) against its plain dequantize-then-``F.linear``
+  reference, with an error bound derived for each kernel and dtype (stated at each test); the round trips
+  quantize -> dequantize within the scheme's step (an analytic bound).
+- ``Int4Linear.from_q4_1`` on the bundled file's real blocks equals gguf-py's dequantized matrix exactly, and
+  the packed layout equals the one PyTorch's CPU int4 kernel builds itself.
+- The bundled model loads as int8, int4 and native, generates, and its perplexity on this book's intro stays
+  within the issue's deltas of the float32 model (int8 0.5%, int4 3%); the fast path on a quantized model gives
+  the eager quantized model's greedy tokens. Errors name the problem and the fix.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import annotated_llama as al
+from annotated_llama import assets, quant
+from annotated_llama.fast import FastLlama
+from annotated_llama.generate import generate_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def gguf_reader():
+    from gguf import GGUFReader
+
+    return GGUFReader(assets.asset_path(assets.SMOLLM2_GGUF))
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return gguf_reader()
+
+
+def tensor(reader, name):
+    return next(t for t in reader.tensors if t.name == name)
+
+
+def gguf_dequantize(t) -> torch.Tensor:
+    from gguf import dequantize
+
+    return torch.from_numpy(np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).copy())
+
+
+# --- GGUF blocks ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.17.ffn_down.weight", "blk.29.attn_v.weight"])
+def test_q4_1_blocks_by_hand_equal_gguf(reader, name):
+    from gguf import GGMLQuantizationType, dequantize
+
+    t = tensor(reader, name)
+    assert t.tensor_type == GGMLQuantizationType.Q4_1
+    raw = np.asarray(t.data).reshape(-1)
+    for b in (0, 1, 7, raw.size // 20 - 1):  # first, second, a middle and the last block
+        block = raw[20 * b: 20 * (b + 1)]
+        expected = dequantize(block.reshape(1, 20), GGMLQuantizationType.Q4_1).reshape(-1)
+        assert torch.equal(quant.decode_q4_1_block(bytes(block)), torch.from_numpy(expected.astype(np.float32)))
+
+
+def test_q8_0_blocks_by_hand_equal_gguf(reader):
+    from gguf import GGMLQuantizationType, dequantize
+
+    t = tensor(reader, "token_embd.weight")
+    assert t.tensor_type == GGMLQuantizationType.Q8_0
+    raw = np.asarray(t.data).reshape(-1)
+    for b in (0, 3, 1000, raw.size // 34 - 1):
+        block = raw[34 * b: 34 * (b + 1)]
+        expected = dequantize(block.reshape(1, 34), GGMLQuantizationType.Q8_0).reshape(-1)
+        assert torch.equal(quant.decode_q8_0_block(bytes(block)), torch.from_numpy(expected.astype(np.float32)))
+
+
+def test_blocks_reject_wrong_sizes():
+    with pytest.raises(ValueError, match="20 bytes"):
+        quant.decode_q4_1_block(b"\0" * 19)
+    with pytest.raises(ValueError, match="34 bytes"):
+        quant.decode_q8_0_block(b"\0" * 20)
+
+
+@pytest.mark.parametrize("name", ["blk.0.attn_q.weight", "blk.3.attn_k.weight", "blk.11.ffn_down.weight"])
+def test_from_q4_1_equals_gguf_exactly(reader, name):
+    """Q4_1's w = d·q + m is our int4 convention (scale = d, zero = m): the conversion is exact."""
+    t = tensor(reader, name)
+    rows, cols = (int(n) for n in reversed(t.shape))
+    lin = quant.Int4Linear.from_q4_1(t.data, rows, cols)
+    assert (lin.out_features, lin.in_features) == (rows, cols)
+    assert torch.equal(lin.dequantize(), gguf_dequantize(t).reshape(rows, cols))
+
+
+def test_from_q4_1_rejects_wrong_byte_count(reader):
+    t = tensor(reader, "blk.0.attn_q.weight")
+    with pytest.raises(ValueError, match="blocks of 20 bytes"):
+        quant.Int4Linear.from_q4_1(t.data, 576, 544)
+
+
+# --- layouts and round trips ----------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(64, 96), (192, 576)])
+def test_int4_layout_is_the_cpu_kernels(shape):
+    """``pack_nibbles`` must produce the bytes ``_convert_weight_to_int4pack_for_cpu`` produces (the kernel reads
+    ``qpacked`` directly), and ``unpack_nibbles`` must invert it."""
+    q = torch.randint(0, 16, shape, generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    packed = quant.pack_nibbles(q)
+    assert packed.shape == (shape[0], shape[1] // 2)
+    assert torch.equal(packed, torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2))
+    assert torch.equal(quant.unpack_nibbles(packed), q)
+
+
+def weights(seed=0, shape=(96, 128)):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 0.05
+    w[3] = 0.0  # an all-zero row
+    w[5, :32] = 0.125  # a constant int4 group
+    w[7, 40] = 1.5  # an outlier
+    return w
+
+
+def test_int8_round_trip_within_half_a_step():
+    w = weights()
+    q, scale = quant.quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.shape == (w.shape[0],)
+    err = (quant.dequantize_int8(q, scale) - w).abs()
+    assert torch.all(err <= scale[:, None] / 2 * (1 + 1e-6) + 1e-12)  # |w - q·s| ≤ s/2 (+ float32 rounding)
+    assert torch.all(err[3] == 0)
+
+
+def test_int4_round_trip_within_half_a_step():
+    w = weights()
+    q, scale, zero = quant.quantize_int4(w, 32)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and scale.shape == (w.shape[0], w.shape[1] // 32)
+    deq = quant.dequantize_int4(q, scale, zero, 32)
+    step = scale.repeat_interleave(32, dim=1)
+    assert torch.all((deq - w).abs() <= step / 2 * (1 + 1e-5) + 1e-7)
+    assert torch.equal(deq[5, :32], w[5, :32])  # a constant group is exact
+
+
+def test_group_size_must_divide():
+    with pytest.raises(ValueError, match="not divisible by group_size 64"):
+        quant.quantize_int4(torch.randn(32, 96), 64)
+    with pytest.raises(ValueError, match="not divisible by group_size"):
+        quant.Int4Linear.from_linear(nn.Linear(100, 32, bias=False), 32)
+
+
+# --- forward against the references ---------------------------------------------------------------------
+def real_weight():
+    """A real matrix: layer 4's wq of the bundled model (the GGUF's Q4_1 values, dequantized by gguf-py)."""
+    return gguf_dequantize(tensor(gguf_reader(), "blk.4.attn_q.weight")).reshape(576, 576)
+
+
+@pytest.fixture(scope="module", params=["random", "real"])
+def weight(request):
+    return weights(2, (192, 576)) if request.param == "random" else real_weight()
+
+
+def rounding_budget(x, w, dtype):
+    """A bound on |kernel - reference| from floating point alone: both see the same x; the reference rounds
+    the dequantized weights to ``dtype`` (u·|w|) and its output (u·|y|), the kernel its output (u·|y|), and both
+    accumulate in float32. So 3u·Σ|x||w| covers it (plus float32 accumulation, 64 ulps of Σ|x||w|)."""
+    mag = x.abs().float() @ w.abs().float().T  # [..., out]: Σ_j |x_j||w_ij|
+    return (3 * UNIT_ROUNDOFF[dtype] + 64 * 2.0**-24) * mag
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lead", [(3,), (2, 5)])
+def test_int8_forward_matches_reference(weight, dtype, lead):
+    """fbgemm's dynamic linear also rounds x to 8 bits (7 with reduce_range), per token: x_j moves by at most half
+    that step, s_x/2 with s_x = max|x_row|·2/127 (a symmetric range), so each output moves by at most
+    s_x/2·Σ_j|w_ij| beyond the floating-point budget."""
+    lin = quant.Int8Linear.from_linear(nn.Linear(weight.shape[1], weight.shape[0], bias=False).requires_grad_(False))
+    lin.q.copy_(quant.quantize_int8(weight)[0])
+    lin.scale.copy_(quant.quantize_int8(weight)[1])
+    lin._pack = None
+    x = torch.randn(*lead, weight.shape[1], generator=torch.Generator().manual_seed(3)).to(dtype)
+    y = lin(x)
+    assert y.dtype == dtype and y.shape == (*lead, weight.shape[0])
+    ref = quant.int8_linear_reference(x, lin.q, lin.scale)
+    w = lin.dequantize()
+    step = 2 * x.float().abs().amax(-1, keepdim=True) / 127  # [..., 1]
+    bound = step / 2 * w.abs().sum(1) + rounding_budget(x, w, dtype)
+    assert torch.all((y.float() - ref.float()).abs() <= bound)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lead", [(3,), (2, 5)])
+def test_int4_forward_matches_reference(weight, dtype, lead):
+    """The CPU int4 kernel computes (q - 8)·scale + zero' with zero' = zero + 8·scale rounded once in float32:
+    each weight within 2 ulps of float32 of the reference's, inside the rounding budget."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    lin.weight.data.copy_(weight)
+    q4 = quant.Int4Linear.from_linear(lin, 32)
+    x = torch.randn(*lead, weight.shape[1], generator=torch.Generator().manual_seed(4)).to(dtype)
+    y = q4(x)
+    assert y.dtype == dtype and y.shape == (*lead, weight.shape[0])
+    ref = quant.int4_linear_reference(x, q4.q, q4.scale, q4.zero, 32)
+    assert torch.all((y.float() - ref.float()).abs() <= rounding_budget(x, q4.dequantize(), dtype))
+
+
+def test_quantized_linears_fall_back_off_cpu_kernels():
+    """Where the kernel does not apply (here: out_features not a multiple of 32 has no int4 layout at all, and a
+    forced-off kernel), forward is the reference itself."""
+    lin = nn.Linear(64, 32, bias=False)
+    q8 = quant.Int8Linear.from_linear(lin)
+    q8._pack = None
+    q8.prepare = lambda: q8  # as on a device without fbgemm
+    x = torch.randn(4, 64)
+    assert torch.equal(q8(x), quant.int8_linear_reference(x, q8.q, q8.scale))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quant.Int4Linear.from_linear(nn.Linear(64, 40, bias=False))
+
+
+# --- whole models ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def float_model():
+    return al.load("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def text_ids(float_model):
+    """A fixed text that lives in the repository: the start of this book's introduction (256 tokens)."""
+    _, tokenizer = float_model
+    return tokenizer.encode((ROOT / "book" / "intro.md").read_text())[:256]
+
+
+@pytest.fixture(scope="module")
+def float_ppl(float_model, text_ids):
+    return quant.perplexity(float_model[0], text_ids)
+
+
+# The issue's thresholds (an independent target): int8 within 0.5% of float32, int4 within 3%.
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme, limit", [("int8", 0.005), ("int4", 0.03), ("native", 0.03)])
+def test_bundled_quantized_models(scheme, limit, float_model, text_ids, float_ppl):
+    model, tokenizer = al.load("smollm2-135m", device="cpu", quantize=scheme)
+    ppl = quant.perplexity(model, text_ids)
+    print(f"{scheme}: perplexity {ppl:.4f} vs float32 {float_ppl:.4f} ({ppl / float_ppl - 1:+.3%})")
+    assert abs(ppl / float_ppl - 1) <= limit
+    text = al.generate(model, tokenizer, "The capital of France is", max_new_tokens=4)
+    assert isinstance(text, str) and text
+    # resident bytes: the issue's target for int4, ≤ 0.35 × float32 (both counted by weight_bytes)
+    ratio = quant.weight_bytes(model) / quant.weight_bytes(float_model[0])
+    print(f"{scheme}: weight bytes {ratio:.3f} × float32")
+    if scheme != "int8":
+        assert ratio <= 0.35
+
+
+@pytest.mark.slow
+def test_native_is_the_files_own_numbers(float_model):
+    """The float model is gguf-py's dequantization of the same file; native keeps its Q4_1 numbers: every layer
+    matrix dequantizes to exactly the float model's weight (so names, shapes and rows all line up)."""
+    native, _ = al.load("smollm2-135m", device="cpu", quantize="native")
+    model = float_model[0]
+    for i in (0, 13, 29):
+        for part, name in quant.LAYER_LINEARS:
+            lin = getattr(getattr(native.layers[i], part), name)
+            assert isinstance(lin, quant.Int4Linear)
+            assert torch.equal(lin.dequantize(), getattr(getattr(model.layers[i], part), name).weight)
+
+
+def test_weight_bytes_counts_tied_once(float_model):
+    model = float_model[0]
+    assert model.output.weight is model.tok_embeddings.weight
+    assert quant.weight_bytes(model) == 4 * al.count_parameters(model.args)  # float32, each tensor once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_fast_path_on_quantized_model(scheme):
+    """FastLlama calls the quantized linears (no fusion by concatenation) and gives the eager model's tokens."""
+    model, tokenizer = al.load("smollm2-135m", device="cpu", quantize=scheme, max_seq_len=64)
+    prompt = tokenizer.encode("The capital of France is")
+    eager = list(generate_ids(model, prompt, 6))
+    fast = FastLlama(model, fuse=True)
+    assert "wqkv" not in fast.layers[0] and isinstance(fast.layers[0]["wq"], nn.Module)
+    assert fast.generate(prompt, 6) == eager
+
+
+# --- errors ---------------------------------------------------------------------------------------------
+def test_errors_name_the_problem(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="quantize='native'.*not a .gguf file.*'int4'"):
+        al.load(tmp_path, quantize="native")
+    with pytest.raises(ValueError, match="unknown quantize='int3'"):
+        al.load("smollm2-135m", quantize="int3")
+    model = al.Transformer(al.ModelArgs(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=32, hidden_dim=96))
+    with pytest.raises(ValueError, match="unknown quantization scheme 'int2'"):
+        quant.quantize_model(model, "int2")
+    with pytest.raises(ValueError, match="not divisible by group_size 128"):
+        quant.quantize_model(model, "int4", group_size=128)
