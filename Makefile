@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 MATHJAX := book/_static/mathjax/tex-mml-chtml.js
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
-.PHONY: setup demo book test unit nbval mutants notebooks bench clean browser-deps browser
+.PHONY: setup demo book test unit nbval mutants notebooks bench bench-quant clean browser-deps browser
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,17 @@ notebooks: setup
 
 bench: setup
 	$(PY) benchmarks/cpu_compare.py
+
+# Chapter 12's comparison, llama.cpp included: llama-cpp-python is built from PyPI (cmake and a C++ compiler,
+# many minutes on 2 cores) into a benchmark-only venv, never a dependency of the book.
+LLAMACPP_VENV := benchmarks/.venv-llamacpp
+$(LLAMACPP_VENV)/.installed:
+	$(PYTHON) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/pip install --quiet llama-cpp-python==0.3.36
+	touch $@
+
+bench-quant: setup $(LLAMACPP_VENV)/.installed
+	OMP_NUM_THREADS=2 $(PY) benchmarks/quant_compare.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -6,8 +6,8 @@ waits for orders on stdin; the orchestrator runs one repetition of each variant 
 every repetition, so drift in the machine's speed hits every variant alike. One variant runs at a time, with
 the same thread count (``--threads``) for all. Reported: median [min-max] of prefill tok/s (one pass over
 ``--prefill`` tokens) and decode tok/s (``--decode`` greedy tokens after an 8-token prompt), the paired
-decode ratio against our float32 within each repetition, RSS after load, one warm-up and ``malloc_trim`` (minus the process's
-RSS before loading: interpreter and libraries), the weight bytes a decode step reads, and the
+decode ratio against our float32 within each repetition, RSS after load, one warm-up and ``malloc_trim``
+(minus the process's RSS before loading: interpreter and libraries), the weight bytes a decode step reads, and the
 **bytes-per-token roof**: measured copy bandwidth / those bytes, the speed if reading the weights were all
 that a token cost. The load average is read at the start and at the end.
 
@@ -17,7 +17,7 @@ that a token cost. The load average is read at the start and at the end.
 llama.cpp runs through ``llama-cpp-python`` from PyPI, built into a benchmark-only venv
 (``benchmarks/.venv-llamacpp``, see ``make bench-quant``); it is not a dependency of the book.
 
-    python benchmarks/quant_compare.py [--reps 5] [--prefill 128] [--decode 32] [--threads 2] [--no-write]
+    python benchmarks/quant_compare.py [--reps 5] [--prefill 64] [--decode 32] [--threads 2] [--no-write]
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def bytes_read_per_token(model) -> int:
             total += m.kernel_nbytes() or (m.q.numel() + m.scale.numel() * 4)
         elif isinstance(m, quant.Int4Linear):
             total += m.qpacked.numel() + m.scale.numel() * 4 * 2  # nibbles + (scale, zero') pairs
+        elif isinstance(m, quant.Float16Linear):
+            total += m.weight16.numel() * 2
         elif isinstance(m, nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
         elif type(m).__name__ == "RMSNorm":
@@ -177,7 +179,7 @@ def summary(values):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--prefill", type=int, default=128)
+    parser.add_argument("--prefill", type=int, default=64)
     parser.add_argument("--decode", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-write", action="store_true")

@@ -8,6 +8,8 @@
 # (on an H100/H200 the whole script should take under 8 minutes; the GPU caps add up to 8):
 #   1. cuda-tests    pytest -m cuda: fast path vs readable model in bf16 (error model, near ties), every
 #                    attention call on a fused kernel (math kernel switched off), recompiles per cache length
+#                    (and tests/test_quant.py: PyTorch's CUDA int4 kernel against its reference, the bundled
+#                    model's answer in int8, int4 and native on the GPU)
 #   2. bench-7b      benchmarks/gpu_decode.py on a random Llama-2-7B-shaped model in bf16: decode tok/s against
 #                    the measured copy bandwidth (target >= 75%), prefill of 2,048 tokens against the measured
 #                    bf16 matmul rate (target >= 50%); the compiled variant after the 128-token prompt only (one

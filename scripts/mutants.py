@@ -183,6 +183,23 @@ MUTANTS = [
       "return multiple_of * math.ceil(hidden / multiple_of)",
       "return multiple_of * (hidden // multiple_of)",
       ("tests/test_config.py",), "Meta's FFN size rounded down instead of up"),
+    # --- quant.py ------------------------------------------------------------------------------------------
+    M("quant-q4_1-nibbles-swapped", "quant.py",
+      "q[j] = byte & 0x0F  # low nibble: elements 0..15\n        q[j + 16] = byte >> 4",
+      "q[j] = byte >> 4  # low nibble: elements 0..15\n        q[j + 16] = byte & 0x0F",
+      ("tests/test_quant.py",), "a Q4_1 block decoded with its low and high nibbles exchanged"),
+    M("quant-from-q4_1-interleaved", "quant.py",
+      "q = torch.cat((nibbles & 0x0F, nibbles >> 4), dim=1)",
+      "q = torch.stack((nibbles & 0x0F, nibbles >> 4), dim=2)",
+      ("tests/test_quant.py",), "Q4_1 nibbles read as adjacent pairs (0, 1), not (j, j + 16), into Int4Linear"),
+    M("quant-int4-kernel-zero", "quant.py",
+      "zero8 = self.zero + 8 * self.scale",
+      "zero8 = self.zero",
+      ("tests/test_quant.py",), "the int4 kernel's (q - 8)·scale + zero' convention given our zero unchanged"),
+    M("quant-int8-row-scale-lost", "quant.py",
+      "y = torch.ops.quantized.linear_dynamic(x2 / r, self._pack, True) * r",
+      "y = torch.ops.quantized.linear_dynamic(x2 / r, self._pack, True)",
+      ("tests/test_quant.py",), "int8: each token divided by its max |x| for the kernel, never multiplied back"),
 ]
 
 

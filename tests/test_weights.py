@@ -229,3 +229,36 @@ def test_streamed_text_keeps_sentencepiece_spaces(tmp_path, llama2_tokenizer_fil
     text = al.generate(model, tok, prompt, max_new_tokens=12)
     assert text == tok.decode(ids + new)[len(tok.decode(ids)):]
     assert "".join(al.stream(model, tok, prompt, max_new_tokens=12)) == text
+
+
+def test_read_safetensors_matches_the_safetensors_package(tmp_path):
+    """Our plain-read safetensors reader against the safetensors package's own loader (the independent
+    reference: it shares only the file), in every dtype a checkpoint uses, an empty tensor included; a
+    truncated file and an unknown dtype are refused with the file named."""
+    from safetensors.torch import load_file, save_file
+
+    from annotated_llama.weights import read_safetensors
+
+    torch.manual_seed(0)
+    tensors = {"a.weight": torch.randn(5, 3), "b": torch.randn(7).to(torch.bfloat16),
+               "c": torch.randn(2, 2).half(), "d": torch.arange(6, dtype=torch.int64).reshape(3, 2),
+               "empty": torch.zeros(0, 4)}
+    file = tmp_path / "x.safetensors"
+    save_file(tensors, file, metadata={"note": "kept out"})
+    want = load_file(file)
+    got = dict(read_safetensors(file))
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and torch.equal(got[name], want[name]), name
+    assert got["b"].untyped_storage().data_ptr() != got["c"].untyped_storage().data_ptr()  # no shared buffer
+    only = dict(read_safetensors(file, dtype=torch.float16, keep=lambda n: n.endswith("weight")))
+    assert list(only) == ["a.weight"] and only["a.weight"].dtype == torch.float16
+    data = file.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(CheckpointError, match="truncated"):
+        dict(read_safetensors(tmp_path / "cut.safetensors"))
+    header_len = int.from_bytes(data[:8], "little")
+    odd = data[8:8 + header_len].replace(b'"F16"', b'"F8_E4M3"')
+    (tmp_path / "odd.safetensors").write_bytes(data[:8] + odd + data[8 + header_len:])
+    with pytest.raises(CheckpointError, match="F8_E4M3"):
+        dict(read_safetensors(tmp_path / "odd.safetensors"))

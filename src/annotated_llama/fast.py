@@ -16,7 +16,7 @@ GPU (chapter 11):
 - **fused projections**: wq/wk/wv concatenated into one ``wqkv`` and w1/w3 into one ``w13`` once, at
   construction (one matrix-vector product instead of three, or two; on by default on CUDA only, since on a
   2-core CPU it measured no faster). Quantized linears (chapter 12's ``Int8Linear`` / ``Int4Linear``, and the
-  ``Int8Embedding``) are never fused: they are called as modules, on their own kernels;
+  ``Float16Linear`` head and ``TiedEmbedding``) are never fused: they are called as modules, on their own kernels;
 - **no host-device syncs** in the decode loop: sampling on the device, new tokens written into a device buffer
   that is copied to the host once at the end; positions are checked on the host before the loop;
 - an optional **torch.compile** of the one-token step (``mode="reduce-overhead"`` on CUDA: CUDA graphs; the
@@ -155,7 +155,7 @@ class FastLlama(nn.Module):
             ``Int8Linear`` / ``Int4Linear``: called as a module, never concatenated)."""
             return share(m.weight) if isinstance(m, (nn.Linear, nn.Embedding)) else m
 
-        self.tok_embeddings = weight_or_module(model.tok_embeddings)  # [vocab, dim], or an Int8Embedding
+        self.tok_embeddings = weight_or_module(model.tok_embeddings)  # [vocab, dim], or a quant.TiedEmbedding
         self.norm_weight = share(model.norm.weight)
         self.output = weight_or_module(model.output)  # [vocab, dim]; the embedding itself when tied
         self.layers = []

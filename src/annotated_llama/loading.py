@@ -16,7 +16,8 @@ from . import assets
 from .config import ModelArgs
 from .model import Transformer
 from .tokenizer import ByteLevelBPETokenizer, load_tokenizer
-from .weights import CheckpointError, find_meta_tokenizer, read_gguf, read_hf_dir, read_meta_dir
+from .weights import (CheckpointError, find_meta_tokenizer, read_gguf, read_hf_dir, read_meta_dir,
+                      read_safetensors)
 
 BUNDLED = {"smollm2-135m": assets.SMOLLM2_GGUF}
 
@@ -55,7 +56,7 @@ def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
 
 
 def _bundled_state_dict(name: str) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     gguf_path = assets.asset_path(BUNDLED[name])
     cached = assets.cache_dir() / (gguf_path.stem + ".f32.safetensors")
@@ -65,7 +66,7 @@ def _bundled_state_dict(name: str) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
         with safe_open(cached, framework="pt") as f:
             meta = f.metadata() or {}
         if "model_args" in meta:
-            return ModelArgs(**json.loads(meta["model_args"])), load_file(cached)
+            return ModelArgs(**json.loads(meta["model_args"])), dict(read_safetensors(cached))
     args, sd = read_gguf(gguf_path)
     partial = cached.with_suffix(".part")
     fields = {k: v for k, v in vars(args).items()}
@@ -184,12 +185,12 @@ def _gguf_path(source) -> Path | None:
 def build_native(path: Path, device, dtype, max_seq_len: int | None = None) -> Transformer:
     """A model from a GGUF's own blocks: every Q4_1 matrix of the layers goes straight into an ``Int4Linear``
     (the same 4-bit numbers, scales and minimums; no float matrix in between); the norms are read as floats; a
-    tied Q8_0 embedding (the bundled file's) becomes the int8 head and embedding as it is (``Int8Linear.from_q8_0``:
-    exact). Any other embedding or head type is dequantized and re-quantized to int8 per group of 32 (rounding
-    enters there). Tensor by tensor, so memory holds one float matrix at most."""
+    tied Q8_0 embedding (the bundled file's) is decoded block by block (``Int8Linear.from_q8_0``) into the fp16
+    head and embedding (``quant.quantize_head``: rounding enters there, to 11 significant bits); any other
+    embedding or head is dequantized and stored the same way. Tensor by tensor: one float matrix at most."""
     from gguf import GGMLQuantizationType, dequantize
 
-    from .quant import LAYER_LINEARS, Int4Linear, Int8Linear, quantize_head
+    from .quant import LAYER_LINEARS, Float16Linear, Int4Linear, Int8Linear, quantize_head
     from .weights import check_state_dict, gguf_param_name, open_gguf
 
     reader, args = open_gguf(path)
@@ -206,8 +207,8 @@ def build_native(path: Path, device, dtype, max_seq_len: int | None = None) -> T
         rows, cols = ([int(n) for n in reversed(t.shape)] + [1])[:2]
         shapes[name] = torch.Size([rows, cols] if len(t.shape) == 2 else [rows])
         if name == "tok_embeddings.weight" and args.tie_word_embeddings and \
-                t.tensor_type == GGMLQuantizationType.Q8_0:  # the tied head: its Q8_0 blocks as they are
-            head = Int8Linear.from_q8_0(t.data, rows, cols).to(device)
+                t.tensor_type == GGMLQuantizationType.Q8_0:  # the tied head, decoded from its Q8_0 blocks
+            head = Float16Linear(Int8Linear.from_q8_0(t.data, rows, cols).dequantize().to(device))
         elif name.startswith("layers.") and name.split(".", 2)[2] in linears:
             if t.tensor_type != GGMLQuantizationType.Q4_1:
                 raise CheckpointError(
@@ -228,7 +229,7 @@ def build_native(path: Path, device, dtype, max_seq_len: int | None = None) -> T
     model.load_state_dict(floats, strict=False, assign=True)  # the linears are modules already
     if tie_floats:
         model.output.weight = model.tok_embeddings.weight
-    quantize_head(model, "int8", head_linear=head, dtype=dtype)
+    quantize_head(model, "fp16", head_linear=head, dtype=dtype)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise CheckpointError(f"{path}: no data for {left[:5]}")
@@ -242,10 +243,10 @@ def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_se
     ``source``: "smollm2-135m" (bundled), a ``.gguf`` file, a Hugging Face model directory, a Meta
     checkpoint directory (params.json + consolidated.*.pth), or a Hugging Face id when online.
     ``max_seq_len`` shortens the context (and the RoPE table) below the checkpoint's.
-    ``quantize`` (chapter 12): None (float weights in ``dtype``); "int8" or "int4" (weight-only, see ``quant``:
-    the layers' matrices quantized from the weights in ``dtype``, one at a time, each float matrix freed as it
-    goes, and the LM head and tied embedding in int8); "native" (a GGUF only: its own Q4_1 blocks, see
-    ``build_native``). ``dtype`` stays the compute dtype of activations, norms and the KV cache.
+    ``quantize`` (chapter 12): None (float weights in ``dtype``); "int8" or "int4" (see ``quant``: the layers'
+    matrices quantized from the weights in ``dtype``, one at a time, each float matrix freed as it goes, and the
+    LM head and tied embedding in float16; int8's CPU kernel also rounds activations per token); "native" (a
+    GGUF only: its own Q4_1 blocks, see ``build_native``). ``dtype`` stays the compute dtype of activations, norms and the KV cache.
     """
     if quantize not in QUANTIZE:
         raise ValueError(f"unknown quantize={quantize!r}; use None, 'int8', 'int4' or 'native'")
@@ -271,4 +272,6 @@ def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_se
 
         sd.clear()  # the model holds the only reference to each float matrix: quantizing frees it
         quantize_model(model, quantize)
+        for p in model.parameters():  # the norms left: their own storage, since a view into a checkpoint read
+            p.data = p.data.clone()  # as one buffer (the bundled safetensors) would keep all of it resident
     return model, tokenizer

@@ -36,6 +36,17 @@ So:
   ``_weight_int4pack_mm`` (bf16 only; ``in_features`` a multiple of 128, ``out_features`` of 8, group size 32,
   64, 128 or 256), gated on ``device.type == "cuda"`` and untested here (no GPU); elsewhere the reference.
 
+The LM head (tied to the embedding in the bundled model: one matrix, a fifth of its weights, read for every
+token) is kept in float16 by ``quantize_model`` (``Float16Linear``; ``TiedEmbedding`` reads its rows): per-row
+int8 cost +5.6% perplexity, per-group int8 had no kernel (236 ms per token for the head alone), float16 ran
+faster than float32 (see ``quantize_head``).
+
+What this gives on the bundled model (perplexity on 256 tokens of ``book/intro.md``, float32 76.25; one thread,
+load average about 1.1): int4 and native 76.25 (-0.002%: re-quantizing the file's Q4_1 values gives them
+back; the float16 head is the only change), resident weights 0.30 × float32, decode about 0.3 × float32's
+speed (the int4 kernel); int8 79.68 (+4.5%: the activation rounding; **misses the issue's 0.5%**), weights
+0.50 × float32 (``q`` and fbgemm's copy), decode about 1.3 × float32 (**misses the issue's 2×**).
+
 The plain references (``int8_linear_reference``, ``int4_linear_reference``: dequantize, then ``F.linear``) are
 the checked truth; the kernels are tested against them.
 """
@@ -274,6 +285,10 @@ def _cpu_layout_matches() -> bool:
     return _LAYOUT_OK[0]
 
 
+# Inputs with at least this many rows (tokens) skip the packed int4 kernel for dequantize-then-matmul.
+KERNEL_MAX_ROWS = 4
+
+
 class Int4Linear(nn.Module):
     """A bias-free ``nn.Linear`` with 4-bit weights, a scale and a zero per group: ``w = q·scale + zero``.
 
@@ -283,7 +298,7 @@ class Int4Linear(nn.Module):
     call (or by ``prepare()``: ``qpacked`` itself plus the scales in the kernel's [groups, out, 2] form, zero'
     = zero + 8·scale), computed in float32, then cast. CUDA: ``torch._weight_int4pack_mm`` in bf16
     where its shape rules hold (in_features % 128, out_features % 8, group size 32/64/128/256; untested here).
-    Anything else: ``int4_linear_reference``.
+    Inputs of ``KERNEL_MAX_ROWS`` rows or more (prompts), and anything else: ``int4_linear_reference``.
     """
 
     def __init__(self, qpacked: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int = 32):
@@ -367,8 +382,13 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.prepare()
         device, packed, sz = self._kernel
-        if packed is not None and x.device == device:
-            x2 = x.reshape(-1, self.in_features)  # [tokens, in]
+        x2 = x.reshape(-1, self.in_features)  # [tokens, in]
+        # The packed kernels are matrix-vector kernels: their time grows with the rows, and from a few rows
+        # on, dequantizing the matrix once and calling one float matmul is faster (one 1536 x 576 matrix on
+        # this CPU, 2 threads: kernel 1.3 / 4.8 / 76 ms for 1 / 4 / 64 rows, dequantize-then-matmul 2.7 and
+        # 5.3 ms for 4 and 64). So prompts take the reference and decode steps the kernel. On CUDA the same
+        # rule is applied, unmeasured: PyTorch's int4 kernel is the one gpt-fast uses for decoding.
+        if packed is not None and x.device == device and x2.shape[0] < KERNEL_MAX_ROWS:
             if device.type == "cpu":
                 y = torch._weight_int4pack_mm_for_cpu(x2.float(), packed, self.group_size, sz)
             else:
@@ -381,25 +401,49 @@ class Int4Linear(nn.Module):
                 f"group_size={self.group_size}")
 
 
-class Int8Embedding(nn.Module):
-    """The token embedding read from int8 rows (``q`` [vocab, dim], ``scale`` [vocab]), typically the very
-    buffers of the tied LM head's ``Int8Linear``: a lookup dequantizes only the rows it reads.
+class Float16Linear(nn.Module):
+    """A bias-free linear with float16 weights (``weight16`` [out, in]): 16 bits, no scales. The LM head's
+    format by default: ``forward`` multiplies in float16 (``F.linear``; x cast to float16, the result back to
+    x's dtype), measured faster than float32 for the bundled model's head (7.9 against 14.2 ms per token, one
+    thread), where the group-wise int8 reference took 236 ms."""
+
+    def __init__(self, weight16: torch.Tensor):
+        super().__init__()
+        self.out_features, self.in_features = weight16.shape
+        self.register_buffer("weight16", weight16.to(torch.float16))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Float16Linear":
+        return cls(linear.weight.detach())
+
+    def dequantize(self) -> torch.Tensor:
+        return self.weight16.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.float16), self.weight16).to(x.dtype)
+
+
+class TiedEmbedding(nn.Module):
+    """The token embedding read from the tied LM head's own numbers (a ``Float16Linear``'s ``weight16``, or an
+    ``Int8Linear``'s ``q``/``scale``; the same tensors, one copy): a lookup converts only the rows it reads.
 
     ``weight``: an empty [0, dim] tensor in the compute dtype, on the buffers' device: ``Transformer.device`` and
-    ``.dtype`` read them from ``tok_embeddings.weight``; the numbers are in ``q`` and ``scale``."""
+    ``.dtype`` read them from ``tok_embeddings.weight``; the numbers are in the head's buffers."""
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, head: nn.Module, dtype: torch.dtype):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = q.shape
-        self.register_buffer("q", q)
-        self.register_buffer("scale", scale)
+        self.num_embeddings, self.embedding_dim = head.out_features, head.in_features
+        for name, t in head.named_buffers():  # the head's tensors themselves, not copies
+            self.register_buffer(name, t)
         self.dtype = dtype
 
     @property
     def weight(self) -> torch.Tensor:
-        return torch.empty(0, self.embedding_dim, dtype=self.dtype, device=self.q.device)
+        return torch.empty(0, self.embedding_dim, dtype=self.dtype, device=next(self.buffers()).device)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "weight16"):
+            return self.weight16[tokens].to(self.dtype)  # [..., dim]
         q, s = self.q[tokens].float(), self.scale[tokens]  # [..., dim], [..., groups] (or [...] per row)
         s = s[..., None] if s.dim() == q.dim() - 1 else s.repeat_interleave(q.shape[-1] // s.shape[-1], dim=-1)
         return (q * s).to(self.dtype)  # [..., dim]
@@ -419,31 +463,36 @@ LAYER_LINEARS = (("attention", "wq"), ("attention", "wk"), ("attention", "wv"), 
 
 
 HEAD_GROUP = 32
+HEADS = ("fp16", "int8")
 
 
-def quantize_head(model, head: str | None = "int8", head_linear: "Int8Linear | None" = None,
+def quantize_head(model, head: str | None = "fp16", head_linear: nn.Module | None = None,
                   dtype: torch.dtype | None = None) -> None:
-    """The LM head (and the embedding, when tied to it) in int8 with a scale per group of 32 inputs (Q8_0's
-    layout); the embedding then reads the head's ``q``/``scale`` (one copy). ``head_linear``: an Int8Linear
-    already made (from a GGUF's Q8_0 blocks). Why int8, and per group: the bundled GGUF keeps this matrix in
-    Q8_0; it is a fifth of the bundled model's weights and every logit goes through it; one scale per row
-    instead measured +5.6% perplexity on the bundled model (80.52 against 76.25, 256 tokens of the intro),
-    per group of 32 re-quantizes Q8_0 values exactly. Its matmul runs the reference (no group-wise kernel)."""
+    """The LM head (and the embedding, when tied to it: ``TiedEmbedding`` reads the head's own tensors).
+
+    ``head``: "fp16" (``Float16Linear``, the default) or "int8" (``Int8Linear`` per group of 32, Q8_0's layout),
+    None: left as it is. ``head_linear``: a head module already made (from a GGUF's blocks). Measured on the
+    bundled model (perplexity on 256 tokens of the intro; float32 76.25): int8 per row 80.52 (+5.6%), so not
+    that; int8 per group of 32 reproduces the bundled Q8_0 values exactly, but has no kernel here (236 ms per
+    token for the head alone); fp16 keeps 11 significant bits and runs faster than float32."""
     if head is None:
         return
-    if head != "int8":
-        raise ValueError(f"head={head!r}: the LM head is kept in int8 (head='int8') or float (head=None)")
+    if head not in HEADS:
+        raise ValueError(f"head={head!r}: use 'fp16', 'int8' (per group of 32) or None (leave it float)")
     tied = model.output.weight is model.tok_embeddings.weight
     dtype = dtype or model.dtype  # the compute dtype the embedding returns
-    model.output = head_linear if head_linear is not None else Int8Linear.from_linear(model.output, HEAD_GROUP)
+    if head_linear is None:
+        head_linear = (Float16Linear.from_linear(model.output) if head == "fp16"
+                       else Int8Linear.from_linear(model.output, HEAD_GROUP))
+    model.output = head_linear
     if tied:
-        model.tok_embeddings = Int8Embedding(model.output.q, model.output.scale, dtype)
+        model.tok_embeddings = TiedEmbedding(model.output, dtype)
 
 
-def quantize_model(model, scheme: str, group_size: int = 32, head: str | None = "int8"):
+def quantize_model(model, scheme: str, group_size: int = 32, head: str | None = "fp16"):
     """Replace, in place, every layer's wq wk wv wo w1 w2 w3 by ``Int8Linear`` / ``Int4Linear`` (one at a
-    time, freeing each float weight as it goes) and, with ``head="int8"``, the LM head (and the tied
-    embedding) by int8 rows. Returns the model."""
+    time, freeing each float weight as it goes) and the LM head (and the tied embedding) as ``head`` says
+    (``quantize_head``: fp16 by default). Returns the model."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
     if scheme == "int4":

@@ -215,15 +215,51 @@ def hf_name_to_meta(name: str) -> str | None:
     raise CheckpointError(f"unknown tensor {name!r} in a Hugging Face LLaMA checkpoint")
 
 
+# safetensors dtype names -> torch dtypes (what a LLaMA checkpoint's tensors can be stored as)
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(file: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                     keep=lambda name: True):
+    """Yield ``(name, tensor)`` for each tensor of a ``.safetensors`` file whose name ``keep`` accepts, read
+    with plain file reads into memory of its own, then moved to ``device`` and ``dtype`` (default: as stored).
+
+    Why not safetensors' own loader: on a CPU it maps the file into memory, and every tensor stays a view of
+    that one mapping; a tensor the model later replaces (a q/k/v matrix fused into one, a float matrix
+    quantized) then stays resident as long as any other tensor of the file lives. Read this way, a
+    replaced tensor is freed. The format: 8 bytes of little-endian header length, a JSON header of
+    {name: {dtype, shape, data_offsets}}, then the data (offsets counted from the end of the header).
+    """
+    file = Path(file)
+    with open(file, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        for name, info in header.items():
+            if name == "__metadata__" or not keep(name):
+                continue
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{file}: tensor {name} is stored as {info['dtype']}, which this reader "
+                                      f"does not know (known: {', '.join(_SAFETENSORS_DTYPES)})")
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            nbytes = tensor.numel() * tensor.element_size()
+            if nbytes != end - begin:
+                raise CheckpointError(f"{file}: tensor {name} has {end - begin} bytes, its shape needs {nbytes}")
+            f.seek(8 + header_len + begin)
+            if nbytes and f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != nbytes:
+                raise CheckpointError(f"{file} ends inside tensor {name}: the file is truncated")
+            yield name, tensor.to(device=device, dtype=dtype or tensor.dtype)
+
+
 def read_hf_dir(path: str | Path, device: str | torch.device = "cpu",
                 dtype: torch.dtype | None = None) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     """A Hugging Face model directory: config.json and model.safetensors (or shards with an index).
 
-    Tensors are read straight onto ``device`` and converted to ``dtype`` (default: as stored) one at a time,
-    so a 7B model never sits in host memory whole, nor twice in two dtypes.
+    Tensors are read one at a time (``read_safetensors``), each moved to ``device`` and converted to ``dtype``
+    (default: as stored) before the next, so a 7B model never sits in host memory whole, nor twice in two dtypes.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     config_path = path / "config.json"
     try:
@@ -243,12 +279,8 @@ def read_hf_dir(path: str | Path, device: str | torch.device = "cpu",
     sd = {}
     for file in files:
         try:
-            with safe_open(file, framework="pt", device=str(device)) as f:
-                for name in f.keys():
-                    meta_name = hf_name_to_meta(name)
-                    if meta_name is not None:
-                        tensor = f.get_tensor(name)
-                        sd[meta_name] = tensor if dtype is None else tensor.to(dtype)
+            for name, tensor in read_safetensors(file, device, dtype, keep=lambda n: hf_name_to_meta(n) is not None):
+                sd[hf_name_to_meta(name)] = tensor
         except CheckpointError:
             raise
         except Exception as e:
