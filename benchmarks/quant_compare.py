@@ -54,8 +54,12 @@ def torch_worker(variant: str, ids: list[int], prompt: list[int], threads: int):
     from annotated_llama import quant
 
     base = rss_mb()
-    scheme = {"ours-float32": None, "ours-int8": "int8", "ours-int4": "int4", "transformers-float32": None}[variant]
-    model, _ = al.load("smollm2-135m", device="cpu", dtype="float32", quantize=scheme)
+    harness, rest = variant.split("-", 1)  # "ours" (the readable model), "fast" (FastLlama), "transformers"
+    scheme, _, levels = rest.partition("-")  # "float32" | "int8" | "int4", and "1level" for one-level int8
+    model, _ = al.load("smollm2-135m", device="cpu", dtype="float32", quantize=None if levels else
+                       {"float32": None, "int8": "int8", "int4": "int4"}[scheme])
+    if levels:  # int8 with one-level activations (Int8Linear's activation_levels=1)
+        quant.quantize_model(model, scheme, activation_levels=1)
     weight = quant.weight_bytes(model)
     read = bytes_read_per_token(model)
     if variant.startswith("transformers"):
@@ -74,6 +78,15 @@ def torch_worker(variant: str, ids: list[int], prompt: list[int], threads: int):
                 out = hf(tok.view(1, 1), past_key_values=past, use_cache=True)
                 past = out.past_key_values
             return toks
+    elif harness == "fast":  # chapter 11's path: static cache, stacked projections (quantized ones too)
+        from annotated_llama.fast import FastLlama
+
+        fast = FastLlama(model, max_seq_len=max(len(ids), len(prompt) + 64))
+        prefill = lambda: fast.prefill(torch.tensor([ids]))  # noqa: E731
+
+        def decode(n):
+            return fast.generate(prompt, n + 1)[:n]  # n decode steps after the prompt, as below (the last
+            # step's token is not kept there either)
     else:
         prefill = lambda: model(torch.tensor([ids]), last_only=True)  # noqa: E731
 
@@ -216,7 +229,8 @@ def main() -> int:
     gguf_bytes = sum(int(t.n_bytes) for t in GGUFReader(gguf).tensors)
     bandwidth = copy_bandwidth_gbps()
 
-    variants = ["ours-float32", "ours-int8", "ours-int4", "transformers-float32"]
+    variants = ["ours-float32", "ours-int8", "ours-int8-1level", "ours-int4", "fast-float32", "fast-int8",
+                "fast-int8-1level", "fast-int4", "transformers-float32"]
     if LLAMACPP_PY.is_file():
         variants.append("llamacpp-q4_1")
     else:
@@ -260,13 +274,14 @@ def main() -> int:
         "reps": args.reps, "prefill_tokens": len(ids), "decode_tokens": args.decode, "prompt_tokens": len(prompt),
         "copy_bandwidth_GBps": bandwidth, "variants": {},
     }
-    f32 = times["ours-float32"]["decode"]
+    f32, hf = times["ours-float32"]["decode"], times["transformers-float32"]["decode"]
     for v in variants:
         bpt = info[v]["bytes_per_token"]
         result["variants"][v] = {
             "prefill_tok_s": summary([len(ids) / s for s in times[v]["prefill"]]),
             "decode_tok_s": summary([args.decode / s for s in times[v]["decode"]]),
             "decode_vs_ours_float32": summary([a / b for a, b in zip(f32, times[v]["decode"])]),
+            "decode_vs_transformers": summary([a / b for a, b in zip(hf, times[v]["decode"])]),
             "rss_mb": info[v]["rss_mb"], "rss_base_mb": info[v]["rss_base_mb"],
             "weight_bytes": info[v]["weight_bytes"], "bytes_per_token": bpt,
             "roof_tok_s": bandwidth * 1e9 / bpt, "greedy_tokens": tokens[v],
@@ -287,7 +302,7 @@ def report(r) -> str:
     for v, x in r["variants"].items():
         wb = f"{x['weight_bytes'] / 1e6:.0f}" if x["weight_bytes"] else "n/a"
         rows.append(f"| {v} | {fmt(x['prefill_tok_s'], 0)} | {fmt(x['decode_tok_s'])} | "
-                    f"{fmt(x['decode_vs_ours_float32'], 2)} | {STOPWATCH} {x['rss_mb'] - x['rss_base_mb']:.0f} | "
+                    f"{fmt(x['decode_vs_ours_float32'], 2)} | {fmt(x['decode_vs_transformers'], 2)} | {STOPWATCH} {x['rss_mb'] - x['rss_base_mb']:.0f} | "
                     f"{wb} | {x['bytes_per_token'] / 1e6:.0f} | {STOPWATCH} {x['roof_tok_s']:.0f} |")
     ls, le = r["load_start"], r["load_end"]
     return "\n".join([
@@ -301,14 +316,16 @@ def report(r) -> str:
         f"{r['prompt_tokens']}-token prompt. Copy bandwidth {STOPWATCH} {r['copy_bandwidth_GBps']:.1f} GB/s "
         "(read + write, 256 MB float32 copy).",
         "",
-        "| variant | prefill tok/s | decode tok/s | decode ÷ our float32 | RSS MB (fresh process, after load, "
+        "| variant | prefill tok/s | decode tok/s | decode ÷ ours-float32 | decode ÷ transformers | RSS MB (fresh process, after load, "
         "minus its pre-load RSS) | weight MB (`weight_bytes`; llama.cpp: the GGUF's tensors) | MB read per "
         "token | roof tok/s (bandwidth ÷ bytes per token) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Medians [min-max] over the repetitions; the ratio is paired within each repetition. `native` is not a "
-        "row: it builds the same modules, bit for bit, as `ours-int4`.",
+        "Medians [min-max] over the repetitions; the ratios are paired within each repetition. `ours-*`: the "
+        "readable model; `fast-*`: FastLlama (chapter 11) on it, eager, with stacked projections; `int8`: "
+        "two-level activations (the default), `int8-1level`: one-level (see `quant.Int8Linear`). `native` is "
+        "not a row: it builds the same modules, bit for bit, as `ours-int4`.",
     ])
 
 

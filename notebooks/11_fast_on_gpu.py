@@ -366,8 +366,10 @@ Markdown(f"```python\n{textwrap.dedent(inspect.getsource(FastLlama._decode))}```
 #
 # Whether this pays is a question for measurement. On a CPU it should not: there is no launch
 # to save, and the timings below cannot tell the fused variant from the unfused one. So
-# `FastLlama` fuses by default only on CUDA, where each saved product is a saved kernel launch
-# (not yet measured in this book); `fuse=True` asks for it anywhere.
+# `FastLlama` fuses float weights by default only on CUDA, where each saved product is a saved
+# kernel launch (not yet measured in this book); `fuse=True` asks for it anywhere. (Chapter 12's
+# quantized linears are the exception: each of their calls does work besides the product, and
+# they are stacked on every device.)
 
 # %%
 fast = FastLlama(model, fuse=True)
@@ -648,7 +650,10 @@ if not gpu:
 # time, and hands them to the model with `load_state_dict(..., assign=True)`, which adopts the
 # tensors instead of copying into preallocated ones. For Hugging Face checkpoints the
 # safetensors reader reads each tensor straight onto the target device, so the peak memory is
-# about one copy of the weights.
+# about one copy of the weights. Its `convert` argument is for chapter 12: asked for a
+# quantized model, the readers (and, for a memory-mapped Meta checkpoint, `build_model`) turn
+# each layer matrix into its quantized linear as soon as it is read, so the 16-bit model is
+# never whole in memory at all.
 
 # %%
 Markdown(f"```python\n{inspect.getsource(al.loading.build_model)}```")

@@ -82,16 +82,11 @@ def show(obj):
 # The model is the bundled SmolLM2-135M unless you change the next cell. Any LLaMA runs here: a
 # Hugging Face id, a local directory or a GGUF file; on a GPU, `al.load` picks CUDA and bf16
 # (fp16 on GPUs without native bf16). The first three sections are about a file format and always
-# read the bundled GGUF file, whatever `MODEL` names.
+# read the bundled GGUF file, whatever `MODEL` names; the model itself is loaded at section 4.
 
 # %%
 MODEL = "smollm2-135m"  # the one line to change: e.g. "meta-llama/Llama-2-7b-hf" on a Colab GPU
 DTYPE = None  # None: bf16 on A100, L4, H100; fp16 on a T4 (no native bf16); float32 on a CPU
-
-# %%
-model, tok = al.load(MODEL, dtype=DTYPE)
-DEVICE = model.device
-print(f"{MODEL} on {model.device.type}, {model.dtype}, {model.args.n_layers} layers")
 
 # %% [markdown]
 # ## What the bundled file holds
@@ -375,6 +370,15 @@ print(f"embedding to Q4_1: measured error {measured:.2%} of the RMS, "
 # $s_{ik}/2$. Smaller groups follow the weights more closely and cost more bits for the scales.
 #
 # Both, by hand, on a real layer of the model: the first block's attention output projection `wo`.
+# The model `MODEL` names is loaded now, after the bundled file and the statistics computed from
+# its blocks have been let go, so that the two are never in memory together:
+
+# %%
+del reader, tensor, embedding, q4_1, layer0, scales, block_rms, emb, emb_blocks, emb4
+gc.collect()
+model, tok = al.load(MODEL, dtype=DTYPE)
+DEVICE = model.device
+print(f"{MODEL} on {model.device.type}, {model.dtype}, {model.args.n_layers} layers")
 
 # %%
 # the attention output projection, weight [dim, n_heads * head_dim]
@@ -458,12 +462,29 @@ display(Markdown(kernels.split("The plain references")[0]))
 show(quant.Int4Linear.forward)
 
 # %% [markdown]
+# fbgemm's int8 kernel needs more care. It multiplies 8-bit integers by 8-bit integers, so
+# before it multiplies, it rounds the activations $x$ to integers too, with one scale for the whole
+# call, chosen from the smallest and largest value it is given, and 7 bits of them (`reduce_range`,
+# which keeps the sums of pairs of products that AVX2 forms in 16 bits from overflowing). Rounding
+# a token's activations to 127 levels is coarse, and the next section measures what it costs.
+# `Int8Linear` therefore hands the kernel each token twice. With an extra row $[-63.5, 63.5, 0,
+# \dots]$ that pins the kernel's range, its scale is exactly 1 and its levels are the integers;
+# the token, scaled to $a = 62\,x / \max|x|$, goes in as one row, which the kernel rounds to
+# $\operatorname{round}(a)$, and what that rounding drops, $a - \operatorname{round}(a)$ (at most
+# $1/2$), scaled by 124, goes in as a second row. Adding the second row's result, divided by 124,
+# to the first's gives the product with $x$ rounded to about $2^{-14}$ of its largest value
+# instead of $2^{-7}$. The three rows cost one read of the weights, as one row does:
+
+# %%
+show(quant.Int8Linear.forward)
+
+# %% [markdown]
 # The check that matters: each module's `forward` against the plain dequantize-then-matmul of the
 # integers computed by hand above, on the real layer, with inputs in the model's dtype. The
 # two share the integers and the scales (the package's, shown equal to ours above) and nothing else.
-# The tolerance is the dtype's, as in the other chapters, plus, for `Int8Linear` on a CPU, whose
-# fbgemm kernel also rounds the activations to 7 bits, the most that rounding can move an output:
-# half an activation step (at most $2 \max|x| / 127$) times the sum of the row's absolute weights.
+# The tolerance is the dtype's, as in the other chapters, plus, for `Int8Linear` on a CPU, the most
+# that its rounding of the activations can move an output: the largest change of an activation,
+# $\max|x| / (2 \cdot 62 \cdot 124)$, times the sum of the row's absolute weights.
 
 # %%
 x = torch.randn(2, 5, in_f).to(device=model.device, dtype=model.dtype)  # [batch, seq, in]
@@ -473,13 +494,15 @@ for name, module, W_deq in (("int8", quant.Int8Linear.from_linear(linear), W8),
     # by hand: float32, then the dtype
     reference = F.linear(x.float(), W_deq.to(x.device)).to(x.dtype)
     bound = RELATIVE_TOLERANCE[model.dtype] * reference.abs().max().float()
-    # activations rounded: half a step times sum_j |w_ij|
+    # activations rounded (two levels): the largest move of an x_j times sum_j |w_ij|
     if name == "int8" and x.device.type == "cpu":
-        bound = bound + x.float().abs().max() / 127 * W_deq.abs().sum(dim=1).max()
+        moved = x.float().abs().max() / (2 * quant.TOP * quant.FRAC)
+        bound = bound + moved * W_deq.abs().sum(dim=1).max()
     gap = (y.float() - reference.float()).abs().max()
     assert gap <= bound, (name, gap, bound)
     print(f"{name}: output {list(y.shape)} {y.dtype}; largest difference within the bound, "
           f"{bound / reference.abs().max().float():.2g} of the largest output")
+del W, W8, W4, Wg, Q8, Q4, x, y, reference  # the layer's copies by hand: done with
 
 # %% [markdown]
 # ## The bundled model from its own 4-bit numbers
@@ -508,13 +531,10 @@ show(quant.Int4Linear.from_q4_1)
 # %%
 def q4_1_gguf(source):
     """The path of `source` if it is a GGUF file whose layer matrices are all Q4_1, else None."""
-    if source == "smollm2-135m":
-        path, gguf_reader = GGUF_PATH, reader  # the bundled file, already open
-    else:
-        path = Path(str(source))
-        if path.suffix != ".gguf" or not path.is_file():
-            return None
-        gguf_reader, _ = open_gguf(path)
+    path = GGUF_PATH if source == "smollm2-135m" else Path(str(source))
+    if path.suffix != ".gguf" or not path.is_file():
+        return None
+    gguf_reader, _ = open_gguf(path)
     types = {t.tensor_type for t in gguf_reader.tensors
              if t.name.startswith("blk.") and len(t.shape) == 2}
     return path if types == {GGMLQuantizationType.Q4_1} else None
@@ -533,8 +553,7 @@ else:
 
 # %%
 if NATIVE_PATH is not None:
-    by_name = {t.name: t for t in reader.tensors} if NATIVE_PATH == GGUF_PATH else \
-        {t.name: t for t in open_gguf(NATIVE_PATH)[0].tensors}
+    by_name = {t.name: t for t in open_gguf(NATIVE_PATH)[0].tensors}
     exact, worst_cpu, worst_bf16 = 0, 0.0, 0.0
     for i, block in enumerate(native.layers):
         for gguf_name, (part, attr) in zip(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
@@ -562,6 +581,7 @@ if NATIVE_PATH is not None:
     print(f"{exact} of {n_mats} matrices, dequantized, equal gguf-py's dequantization bit for bit")
     print(f"the CPU kernel's (q - 8)·s + z' in float32: largest error {worst_cpu:.1e} of a step d")
     print(f"the CUDA kernel's bf16 s and z': largest error {worst_bf16:.2f} of a step d")
+    del by_name  # the file's reader, with it
 
 # %% [markdown]
 # ## Quality: perplexity, agreement, an answer
@@ -577,33 +597,37 @@ if NATIVE_PATH is not None:
 show(quant.quantize_head)
 
 # %% [markdown]
-# The measure is the perplexity of chapter 9 on a fixed text written for this book: the opening
-# section of its introduction (`book/intro.md`, up to "Who this is for", with its citation markup
-# removed), at most 256 tokens of it.
+# The measure is the perplexity of chapter 9 on a fixed text written for this book: its
+# introduction (`book/intro.md`, with its citation markup removed), at most 1,024 tokens of it.
+# Not fewer: on a few hundred tokens a perplexity moves by half a percent when a handful of
+# predictions change, which is the size of the differences to be measured.
 
 # %%
-intro = Path("../book/intro.md").read_text(encoding="utf-8").split("## Who this is for")[0]
+intro = Path("../book/intro.md").read_text(encoding="utf-8")
 TEXT = re.sub(r"\s*\{cite\}`[^`]*`", "", intro).strip()  # the prose without MyST citation roles
-text_ids = tok.encode(TEXT)[:256]
-tokens = torch.tensor([text_ids], device=model.device)  # [1, 256]
+text_ids = tok.encode(TEXT)[:1024]
+tokens = torch.tensor([text_ids], device=model.device)  # [1, n]
+N_TEXT = tokens.shape[1]
 print(f"{len(TEXT.split())} words, {len(tok.encode(TEXT))} tokens, "
-      f"the first {tokens.shape[1]} used; "
+      f"the first {N_TEXT} used; "
       f"it begins: {TEXT[:60]!r}")
 
 # %% [markdown]
-# Each variant is measured alone: its perplexity, the largest difference between its logits and the
-# float model's over the 256 positions (relative to the largest float logit), at how many positions
-# its top token is the float model's, its greedy answer to "The capital of France is", and a short
-# decode timing (3 rounds of 3 single-token steps after the prompt; the median round). Memory holds
-# the float model and at most one quantized variant, and from the int8 variant on only the
-# variant: `al.load(MODEL, quantize="int8")` reads the checkpoint again and `quant.quantize_model`
-# replaces its matrices one by one, each float matrix freed as its quantized version takes its
-# place, so a 7B model never needs its 16-bit copy and a quantized one side by side. What is kept of a variant is a few numbers, and of
-# the float model its logits on the text.
+# Each variant is measured alone: its perplexity, at how many positions its top token is the
+# float model's, the largest difference between its logits and the float model's over the first
+# 256 positions (relative to the largest float logit there), its greedy answer to "The capital of
+# France is", and a short decode timing (3 rounds of 3 single-token steps after the prompt; the
+# median round). The text goes through the model 256 tokens at a time, the KV cache carrying the
+# earlier ones, so that no variant ever holds logits for more than 256 positions. Memory holds the
+# float model and at most one quantized variant, and from the int8 variant on only the variant:
+# `al.load(MODEL, quantize="int8")` reads the checkpoint again and `quant.quantize_model` replaces
+# its matrices one by one, each float matrix freed as its quantized version takes its place, so a
+# 7B model never needs its 16-bit copy and a quantized one side by side. What is kept of a variant
+# is a few numbers, and of the float model its logits on the first 256 positions.
 
 # %% [markdown]
 # One practical matter first. PyTorch's CPU int4 kernel is made for decoding, one row of input at a
-# time; given the 256 rows of the text at once, it is far slower than dequantizing the matrix and
+# time; given 256 rows of the text at once, it is far slower than dequantizing the matrix and
 # multiplying in float32. Timed here on the layer of section 4, with 64 rows:
 
 # %%
@@ -628,7 +652,7 @@ del rows, int4_wo
 
 # %% [markdown]
 # So `Int4Linear.forward` sends inputs of `quant.KERNEL_MAX_ROWS` rows or more (a prompt, or the
-# perplexity's 256 tokens below) through `quant.int4_linear_reference`, and runs the kernel only for
+# perplexity's chunks of 256 tokens below) through `quant.int4_linear_reference`, and runs the kernel only for
 # fewer rows (a decode step has one); the numbers are the same (section 4 compared the two).
 
 # %%
@@ -647,15 +671,24 @@ def dequantized(module_class):
         module_class.forward = kernel_forward
 
 
-def logits_of(m):  # [256, vocab] float32: one call on the whole text, no KV cache kept
-    m.reset_cache()
-    out = m(tokens)[0].float()
-    m.reset_cache()
-    return out
+CHUNK = 256  # positions per call
 
 
-def perplexity(logits):  # exp of the mean next-token cross-entropy (chapter 9)
-    return math.exp(F.cross_entropy(logits[:-1], tokens[0, 1:]).item())
+def read_text(m):
+    """The text through `m`, CHUNK tokens per call (the KV cache holds the earlier ones): the
+    perplexity (exp of the mean next-token cross-entropy, chapter 9), the top token at every
+    position [n], and the float32 logits of the first chunk [CHUNK, vocab]."""
+    m.reset_cache()
+    nll, top, first = 0.0, [], None
+    for start in range(0, N_TEXT, CHUNK):
+        logits = m(tokens[:, start:start + CHUNK], start_pos=start)[0].float()  # [chunk, vocab]
+        targets = tokens[0, start + 1:start + CHUNK + 1]  # each position predicts the next token
+        nll += F.cross_entropy(logits[:len(targets)], targets, reduction="sum").item()
+        top.append(logits.argmax(-1))
+        first = logits if first is None else first
+        del logits
+    m.reset_cache()
+    return math.exp(nll / (N_TEXT - 1)), torch.cat(top), first
 
 
 # the greedy continuation's text (ids past the tokenizer's last, spare rows, dropped)
@@ -687,23 +720,24 @@ def decode_ms(m, steps=3):
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def measure(m, reference=None):
-    """The numbers kept of a model: quality against `reference` (float logits), memory, an answer,
-    speed."""
-    logits = logits_of(m)
-    r = {"perplexity": perplexity(logits), "top": logits.argmax(-1), "bytes": quant.weight_bytes(m),
-         "read": read_per_token(m), "answer": answer(m),
-         "ms": [decode_ms(m) for _ in range(ROUNDS)]}
-    r["diff"] = 0.0 if reference is None else relative_difference(logits, reference)
-    return r, logits
+def measure(m, reference=None, timed=True):
+    """The numbers kept of a model: quality against `reference` (the float model's first-chunk
+    logits), memory, an answer, speed."""
+    ppl, top, first = read_text(m)
+    r = {"perplexity": ppl, "top": top, "bytes": quant.weight_bytes(m), "read": read_per_token(m),
+         "answer": answer(m), "ms": [decode_ms(m) for _ in range(ROUNDS)] if timed else None}
+    r["diff"] = 0.0 if reference is None else relative_difference(first, reference)
+    return r, first
 
 
 # %%
+del linear  # section 4's layer
+gc.collect()
 a = model.args
 INT4_FITS = a.dim % 32 == 0 and a.ffn_dim % 32 == 0  # groups of 32 inputs, tiles of 32 output rows
 float_label = f"{str(model.dtype).removeprefix('torch.')}, as loaded"
 results = {}
-# float_logits: [256, vocab], kept as the reference
+# float_logits: [256, vocab], the first chunk's, kept as the reference
 results[float_label], float_logits = measure(model)
 # weights read per decode step
 n_read = sum(getattr(getattr(b, p), n).weight.numel()
@@ -712,7 +746,7 @@ n_read = sum(getattr(getattr(b, p), n).weight.numel()
 if NATIVE_PATH is not None:
     results["native Q4_1"], _ = measure(native, float_logits)
     del native
-del model, linear, W, W8, W4, Wg, Q8, Q4  # from here on, only one model at a time
+del model  # from here on, only one model at a time
 gc.collect()
 for scheme in ("int8", "int4"):  # the float model, read again, quantized one matrix at a time
     if scheme == "int4" and not INT4_FITS:
@@ -722,16 +756,17 @@ for scheme in ("int8", "int4"):  # the float model, read again, quantized one ma
         continue
     m, _ = al.load(MODEL, dtype=DTYPE, quantize=scheme)
     results[scheme], _ = measure(m, float_logits)
-    if scheme == "int8":  # the same int8 weights, with no rounding of the activations
-        with dequantized(quant.Int8Linear):
-            weights_only = logits_of(m)
-        weight_only_int8 = {"perplexity": perplexity(weights_only), "top": weights_only.argmax(-1),
-                            "diff": relative_difference(weights_only, float_logits)}
-        del weights_only
+    if scheme == "int8":
+        # the same int8 weights with the activations rounded once, to 7 bits, instead of twice
+        for module in m.modules():
+            if isinstance(module, quant.Int8Linear):
+                module.activation_levels = 1
+        results["int8, one-level"], _ = measure(m, float_logits)
+        with dequantized(quant.Int8Linear):  # ... and not rounded at all: the reference
+            weight_only_int8, _ = measure(m, float_logits, timed=False)
     del m, _
     gc.collect()
-model, tok = al.load(MODEL, dtype=DTYPE)  # the float model again, alone, for whatever you try next
-print("variants measured:", ", ".join(results))
+print("variants measured:", ", ".join(results))  # and none of them is in memory now
 
 # %%
 base = results[float_label]
@@ -751,22 +786,30 @@ print(f"{'int8, weights only':<22}{r['perplexity']:>11.1f}{change:>+9.1%}{r['dif
 
 # %% [markdown]
 # For the bundled model, int4 and the native load lose nothing this measure can see: perplexity
-# 69.9 as in float32, the float model's top token at all 249 positions, logits within 0.001 of the
-# largest. Their matrices hold the file's Q4_1 numbers (the native load exactly, by construction;
-# int4 because section 3's fixed point makes the quantizer find the same integers again, with the
-# scales to float32 rounding); what differs is the LM head, in float16.
+# 20.4 as in float32, the float model's top token at 1,023 of the 1,024 positions, logits within
+# 0.001 of the largest. Their matrices hold the file's Q4_1 numbers (the native load exactly, by
+# construction; int4 because section 3's fixed point makes the quantizer find the same integers
+# again, with the scales to float32 rounding); what differs is the LM head, in float16.
 #
-# The int8 variant, with more bits per weight, is the one that loses: perplexity 4.3% higher, the
-# float model's top token at 197 of the 249 positions, though the answer about France survives. Its
-# weights are not the reason: the same int8 weights multiplied as floats (the "weights only" row,
-# through the plain reference) give a perplexity of 70.3, 0.5% above float32, and the float model's
-# top token at 245 positions. Its kernel is. fbgemm's int8 linear also rounds each token's
-# activations to 7 bits, one step for the whole vector, and a LLaMA's activations have a few
-# coordinates far larger than the rest (chapter 10), which set that step and leave every other
-# coordinate with few levels. LLM.int8() {cite}`dettmers2022llmint8` found the same outliers in
-# larger models and keeps their coordinates in 16 bits. llama.cpp rounds activations too, but with
-# one scale per block of 32 values {cite}`gerganov2023llamacpp`, so an outlier coarsens only its
-# own block.
+# int8 with two-level activations, the package's default, comes to within 0.3% of float32's
+# perplexity, with the float model's top token at 999 positions. The same int8 weights with the
+# activations not rounded at all (the "weights only" row, through the plain reference) give 0.2%
+# and 1,000 positions: the two-level rounding adds next to nothing to what the weights lose.
+# Rounded once, to 7 bits, the activations cost far more: perplexity 5.8% above float32 and the
+# float model's top token at 885 positions, though the answer about France survives. A LLaMA's
+# activations have a few coordinates far larger than the rest (chapter 10); they set a token's one
+# step and leave every other coordinate with few levels. LLM.int8() {cite}`dettmers2022llmint8`
+# found the same outliers in larger models and keeps their coordinates in 16 bits; llama.cpp rounds
+# activations too, with one scale per block of 32 values {cite}`gerganov2023llamacpp`, so that an
+# outlier coarsens only its own block; the two-level rounding keeps one scale per token and adds
+# seven bits below it. (On a GPU, `Int8Linear` runs the reference itself, activations untouched,
+# and the three int8 rows agree.) The cell below checks, for whichever model is loaded, that the
+# two-level kernel's perplexity stays within 1% of the weights-only reference's.
+
+# %%
+two_level_gap = results["int8"]["perplexity"] / weight_only_int8["perplexity"] - 1
+assert abs(two_level_gap) < 0.01, two_level_gap
+print(f"int8, two-level against weights only: {two_level_gap:+.2%} perplexity")
 
 # %% [markdown]
 # ## Speed and memory on this CPU
@@ -823,11 +866,46 @@ for label, r in results.items():
 
 # %% [markdown]
 # Fewer bytes did not make this CPU faster in proportion. int8 beats float32, by less than its
-# bytes would allow; int4 is slower than float32, at a few percent of its roof. The bytes are not
-# what limits these steps: the work of turning packed integers into something the vector units can
-# multiply is, and how fast that goes is a property of the kernel. The float32 model, with no such
-# work to do, comes closer to its roof than either; and the llama.cpp figures below show how much
-# faster the same 4-bit numbers can be multiplied.
+# bytes would allow, and by less with two-level activations than with one; int4 is slower than
+# float32, at a few percent of its roof. The bytes are not what limits these steps. For int4, the
+# work of turning packed integers into something the vector units can multiply is, and how fast
+# that goes is a property of the kernel. For int8, it is what each call does besides the kernel:
+# the two-level rounding is a dozen small tensor operations per matrix (the `forward` shown in
+# section 4), and the bundled model's matrices are small (576 wide), so that a step is 210 short
+# matrix-vector products and as many rounds of bookkeeping. `benchmarks/quant_widths.py` times
+# one token through a layer's seven matrices, nothing else, at the bundled model's widths and at
+# those of two models a reader might load instead, with random weights of their shapes:
+
+# %%
+widths_path = Path("../benchmarks/quant_widths.json")
+widths = json.loads(widths_path.read_text()) if widths_path.is_file() else None
+if widths is None:
+    print("benchmarks/quant_widths.json not found: run benchmarks/quant_widths.py to measure")
+else:
+    print(textwrap.fill(widths["machine"], 100))
+    print(f"{'model shapes':<16}{'dim':>6}{'ffn':>7}{'float32 ms':>12}{'GB/s':>6}"
+          + "".join(f"{v:>13}" for v in ("int8", "int8-1level", "int4")))
+    for name, w in widths["widths"].items():
+        v, d, kv, ffn = w["variants"], w["dim"], w["kv"], w["ffn_dim"]
+        layer_bytes = 4 * (2 * d * d + 2 * kv * d + 3 * ffn * d)  # the seven float32 matrices
+        ms = v["float32"]["ms_per_layer"]
+        print(f"{name:<16}{d:>6}{ffn:>7}{ms:>12.2f}{layer_bytes / ms / 1e6:>6.1f}"
+              + "".join(f"{v[k]['speedup']:>12.2f}×" for k in ("int8", "int8-1level", "int4")))
+    v = widths["widths"]["Llama-2-7B"]["variants"]
+    print("float32: ms per layer and the GB/s that reading its weights took; the others: speed-up over "
+          "float32 (paired medians)")
+    print(f"bytes read, float32 over: int8 {v['int8']['bytes_ratio']:.2f}×, int4 {v['int4']['bytes_ratio']:.2f}×")
+
+# %% [markdown]
+# At the bundled model's width, the two-level int8 matrices are no faster than float32, and the
+# one-level ones about twice as fast. At TinyLlama's width the two-level ones are three times as
+# fast as float32, and at Llama-2-7B's three and a half, near the four that int8's bytes allow
+# (at that width float32 reads its weights at the rate in the GB/s column, close to what this
+# machine's memory gives). The bookkeeping costs the
+# same at every width; the matrix grows with the square. The int4 kernel, on the other hand, falls
+# further behind as the matrices grow. The whole-model figures below are the bundled model's, and
+# so the least favourable to int8; llama.cpp's show how much faster the same 4-bit numbers can be
+# multiplied.
 
 # %% [markdown]
 # ### The benchmark: against transformers and llama.cpp
@@ -848,12 +926,13 @@ else:
     print(f"{bench['reps']} repetitions; prefill of {bench['prefill_tokens']} tokens, "
           f"{bench['decode_tokens']} decode steps; "
           f"copy bandwidth {bench['copy_bandwidth_GBps']:.1f} GB/s\n")
-    print(f"{'variant':<22}{'decode tok/s [range]':>24}{'vs ours f32':>12}{'prefill tok/s':>14}"
-          f"{'RSS MB':>8}{'MB/token':>9}{'roof tok/s':>11}")
+    print(f"{'variant':<22}{'decode tok/s [range]':>22}{'vs ours f32':>12}{'vs HF':>7}"
+          f"{'prefill tok/s':>14}{'RSS MB':>8}{'MB/token':>9}{'roof tok/s':>11}")
     for name, v in bench["variants"].items():
         d, p = v["decode_tok_s"], v["prefill_tok_s"]
         decode = f"{d['median']:.1f} [{d['min']:.1f}-{d['max']:.1f}]"
-        print(f"{name:<22}{decode:>24}{v['decode_vs_ours_float32']['median']:>12.2f}"
+        print(f"{name:<22}{decode:>22}{v['decode_vs_ours_float32']['median']:>12.2f}"
+              f"{v['decode_vs_transformers']['median']:>7.2f}"
               f"{p['median']:>14.1f}{v['rss_mb'] - v['rss_base_mb']:>8.0f}"
               f"{v['bytes_per_token'] / 1e6:>9.0f}{v['roof_tok_s']:>11.1f}")
     v = bench["variants"]
@@ -866,12 +945,16 @@ else:
 
 # %% [markdown]
 # (RSS is the process's resident memory after loading, less what it held before: interpreter and
-# libraries aside, the weights and whatever the runtime allocates beside them.) llama.cpp, reading
-# the very file this chapter opened, is the fastest by far. Its kernels never turn the weights back
-# into floats: for a Q4_1 matrix, ggml first rounds the activations to 8 bits in blocks of 32 (its
-# Q8_1 type, one scale per block), then multiplies the 4-bit and 8-bit integers with the CPU's
-# integer vector instructions and applies each block's scales once {cite}`gerganov2023llamacpp`.
-# That is what no PyTorch kernel measured here does on this CPU.
+# libraries aside, the weights and whatever the runtime allocates beside them.) The `fast-` rows
+# run chapter 11's `FastLlama` on the same weights, which stacks wq, wk and wv into one matrix and
+# w1 and w3 into another, quantized ones included (`Int8Linear.concat`): four calls per layer
+# instead of seven, and so less bookkeeping; with it, two-level int8 decodes 1.58 times as fast
+# as our float32 and one-level int8 1.99 times. llama.cpp, reading the very file this chapter
+# opened, is the fastest by far. Its kernels never turn the weights back into floats: for a Q4_1
+# matrix, ggml first rounds the activations to 8 bits in blocks of 32 (its Q8_1 type, one scale per
+# block), then multiplies the 4-bit and 8-bit integers with the CPU's integer vector instructions
+# and applies each block's scales once {cite}`gerganov2023llamacpp`, all of it in C, one call per
+# matrix. That is what no PyTorch kernel measured here does on this CPU.
 
 # %% [markdown]
 # ### On a GPU
@@ -967,10 +1050,11 @@ for k, b in zip(labels, bits):
           f"⏱{results[k]['tok_s']:.1f} tok/s")
 
 # %% [markdown]
-# On this CPU and for this model, the picture is flat where it should slope: the variants that read
-# the fewest bits lose no quality (they hold the file's own 4-bit numbers) and run slowest (the
-# kernel, not the bytes, decides). On a GPU, or with kernels like llama.cpp's, the right panel
-# turns: fewer bits per weight, more tokens per second.
+# On this CPU and for this model, the picture does not slope the way the bytes say it should: the
+# variants that read the fewest bits lose no quality (they hold the file's own 4-bit numbers) and
+# run slowest (the kernel, not the bytes, decides), and int8 buys its accuracy with speed. On a GPU,
+# with kernels like llama.cpp's, or at the widths of larger models (the table above), the right
+# panel turns: fewer bits per weight, more tokens per second.
 
 # %% [markdown]
 # ## What we have now
@@ -983,7 +1067,8 @@ for k, b in zip(labels, bits):
 #   the nearest of 16 levels between each block's minimum and maximum, an error of about 8% of the
 #   weights' RMS; what that did to the model's predictions needs the 16-bit original.
 # - Weight-only quantized linears that replace `nn.Linear`: `Int8Linear` (int8 `[out, in]` and a
-#   float32 scale `[out]`) and `Int4Linear` (4-bit numbers packed two per byte `[out, in / 2]`, a
+#   float32 scale `[out]`; on a CPU, fbgemm's integer kernel, fed each token as two rows of integers
+#   so that its rounding of the activations costs next to nothing) and `Int4Linear` (4-bit numbers packed two per byte `[out, in / 2]`, a
 #   scale and a zero `[out, in / 32]`), checked against the plain dequantize-then-matmul;
 #   `quant.quantize_model` and `al.load(..., quantize="int8" | "int4")` for any checkpoint, and
 #   `quantize="native"` to run a Q4_1 GGUF from its own blocks, bit for bit.

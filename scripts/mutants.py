@@ -107,8 +107,8 @@ MUTANTS = [
       ("tests/test_cache.py", "tests/test_model.py"), "attention reads the whole capacity, unwritten slots too"),
     # --- weights.py ----------------------------------------------------------------------------------------
     M("weights-qk-permutation-direction", "weights.py",
-      "sd[name] = unpermute_hf(sd[name], heads)",
-      "sd[name] = permute_meta_to_hf(sd[name], heads)",
+      "tensor = unpermute_hf(tensor, heads[name])",
+      "tensor = permute_meta_to_hf(tensor, heads[name])",
       ("tests/test_model.py",), "HF q/k rows permuted the wrong way (Meta -> HF instead of HF -> Meta)"),
     M("weights-shard-concat-dim", "weights.py",
       '"wo": 1',
@@ -200,6 +200,14 @@ MUTANTS = [
       "y = torch.ops.quantized.linear_dynamic(x2 / r, self._pack, True) * r",
       "y = torch.ops.quantized.linear_dynamic(x2 / r, self._pack, True)",
       ("tests/test_quant.py",), "int8: each token divided by its max |x| for the kernel, never multiplied back"),
+    M("quant-int8-remainder-dropped", "quant.py",
+      "y = torch.add(yy[:tokens], yy[tokens:2 * tokens], alpha=1 / FRAC).div_(k)",
+      "y = yy[:tokens].div_(k)",
+      ("tests/test_quant.py",), "two-level int8 activations: the remainder row computed, then ignored"),
+    M("quant-concat-scales-misaligned", "quant.py",
+      "return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), p0.group_size,",
+      "return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]).roll(1), p0.group_size,",
+      ("tests/test_quant.py",), "Int8Linear.concat: every row's scale shifted to the next row"),
 ]
 
 

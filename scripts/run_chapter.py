@@ -29,8 +29,14 @@ DTYPE_LINE = re.compile(r"^DTYPE = None", re.M)
 _BEFORE = """import psutil as _psutil
 _rss_before_load = _psutil.Process().memory_info().rss"""
 _AFTER = """import json as _json, resource as _resource
-_weights = {id(p): p for p in model.parameters()}  # a tied matrix counts once
-_weight_bytes = sum(p.numel() * p.element_size() for p in _weights.values())
+try:
+    _weights = {id(p): p for p in model.parameters()}  # a tied matrix counts once
+    _weight_bytes = sum(p.numel() * p.element_size() for p in _weights.values())
+except NameError:  # a chapter that lets its model go before its end (chapter 12): the checkpoint's size,
+    import pathlib as _pathlib, torch as _torch, annotated_llama as _al  # from a Hugging Face config.json
+    _args = _al.ModelArgs.from_hf_config(_json.loads((_pathlib.Path(MODEL) / "config.json").read_text()))
+    _dtype = getattr(_torch, DTYPE) if isinstance(DTYPE, str) else (DTYPE or _torch.float32)
+    _weight_bytes = _al.count_parameters(_args) * _torch.finfo(_dtype).bits // 8
 _peak = _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 print("MEMORY " + _json.dumps({"weights": _weight_bytes, "before_load": _rss_before_load, "peak": _peak}))"""
 

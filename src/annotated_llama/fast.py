@@ -14,9 +14,10 @@ GPU (chapter 11):
   the query heads of a grouped-query group folded into the query-sequence dimension (no ``enable_gqa``), so
   that a fused CUDA kernel accepts the call (see ``FastLlama._decode``);
 - **fused projections**: wq/wk/wv concatenated into one ``wqkv`` and w1/w3 into one ``w13`` once, at
-  construction (one matrix-vector product instead of three, or two; on by default on CUDA only, since on a
-  2-core CPU it measured no faster). Quantized linears (chapter 12's ``Int8Linear`` / ``Int4Linear``, and the
-  ``Float16Linear`` head and ``TiedEmbedding``) are never fused: they are called as modules, on their own kernels;
+  construction (one matrix-vector product instead of three, or two). On by default on CUDA, where it saves
+  kernel launches, and for chapter 12's quantized linears (``Int8Linear`` / ``Int4Linear``, stacked by their
+  ``concat``), whose per-call work outside the kernel made fewer calls measurably faster on a 2-core CPU; off
+  for float weights on a CPU, where it measured no faster;
 - **no host-device syncs** in the decode loop: sampling on the device, new tokens written into a device buffer
   that is copied to the host once at the end; positions are checked on the host before the loop;
 - an optional **torch.compile** of the one-token step (``mode="reduce-overhead"`` on CUDA: CUDA graphs; the
@@ -35,6 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import Transformer
+from .quant import Int4Linear, Int8Linear
+
+QUANTIZED = (Int8Linear, Int4Linear)  # chapter 12's linears, which FastLlama calls as modules
 
 CACHE_MIN = 256  # with max_seq_len=None: the smallest cache
 MAX_CACHE_LENGTHS = 6  # ... and at most this many cache lengths, so compiled graphs stay below dynamo's limit (8)
@@ -111,11 +115,11 @@ class FastLlama(nn.Module):
     you need). None: the cache is allocated at the first request and only grows (``cache_bucket``: the
     shortest of at most six lengths from 256 to the model's context that holds the request); it is never
     shrunk, so a short request after a long one reuses the long one's cache (and attends over its length).
-    ``fuse`` (default: on CUDA only, where it saves kernel launches; on a CPU it measured no faster):
-    concatenate wq/wk/wv and w1/w3 (and, with ``alias_model_weights``, re-point the model's own
-    wq/wk/wv/w1/w3 at row slices of the fused tensors, so the weights are in memory once; values are
-    unchanged). ``compile``: torch.compile the one-token step (``compile_backend``: "inductor", or another
-    torch.compile backend, e.g. a counting one in the tests). Everything else shares the model's tensors.
+    ``fuse`` (default: on CUDA, and for quantized linears; see the module docstring): stack wq/wk/wv and w1/w3
+    (and, with ``alias_model_weights``, re-point the model's own wq/wk/wv/w1/w3 at row slices of the fused
+    tensors, so the weights are in memory once; values are unchanged). ``compile``: torch.compile the one-token
+    step (``compile_backend``: "inductor", or another torch.compile backend, e.g. a counting one in the tests).
+    Everything else shares the model's tensors.
 
     Recompilation: the compiled step is specialised on shapes (``dynamic=False``), not on the instance, so
     FastLlama objects of one model shape share their compiled graphs, and a new graph is compiled once per
@@ -130,8 +134,9 @@ class FastLlama(nn.Module):
                  compile_prefill: bool = False, compile_backend="inductor"):
         super().__init__()
         a = model.args
-        if fuse is None:  # measured on a 2-core CPU: no gain there (within 2%); on a GPU it saves launches
-            fuse = model.device.type == "cuda"
+        quantized = any(isinstance(m, QUANTIZED) for m in model.layers.modules())
+        if fuse is None:  # float on a 2-core CPU: no gain (within 2%); on a GPU it saves launches
+            fuse = model.device.type == "cuda" or quantized
         self.args, self.fuse = a, fuse
         self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
         self.n_rep = a.n_heads // a.n_kv_heads  # query heads per key/value head
@@ -165,15 +170,12 @@ class FastLlama(nn.Module):
                 "attention_norm": share(block.attention_norm.weight), "ffn_norm": share(block.ffn_norm.weight),
                 "wo": weight_or_module(attn.wo), "w2": weight_or_module(ff.w2),
             }
-            qkv, w13 = (attn.wq, attn.wk, attn.wv), (ff.w1, ff.w3)
-            if fuse and all(isinstance(m, nn.Linear) for m in qkv):
-                w["wqkv"] = self._fuse(attn, ("wq", "wk", "wv"), alias_model_weights)
-            else:  # quantized projections are not fused: their weights are not float rows to concatenate
-                w.update({n: weight_or_module(getattr(attn, n)) for n in ("wq", "wk", "wv")})
-            if fuse and all(isinstance(m, nn.Linear) for m in w13):
-                w["w13"] = self._fuse(ff, ("w1", "w3"), alias_model_weights)
-            else:
-                w.update({n: weight_or_module(getattr(ff, n)) for n in ("w1", "w3")})
+            for fused, parent, names in (("wqkv", attn, ("wq", "wk", "wv")), ("w13", ff, ("w1", "w3"))):
+                kinds = {type(getattr(parent, n)) for n in names}
+                if fuse and len(kinds) == 1 and kinds <= {nn.Linear, *QUANTIZED}:
+                    w[fused] = self._fuse(parent, names, alias_model_weights)
+                else:  # mixed kinds (or fusion off): one call each
+                    w.update({n: weight_or_module(getattr(parent, n)) for n in names})
             self.layers.append(w)
 
         # Rotary angles from the model's own table, as real cos/sin (float32 [context, head_dim/2]).
@@ -198,29 +200,45 @@ class FastLlama(nn.Module):
             self._prefill_fn = torch.compile(self._forward, backend=compile_backend, dynamic=True)
 
     @staticmethod
-    def _fuse(module: nn.Module, names: tuple[str, ...], alias: bool) -> torch.Tensor:
-        """The weights of ``module.<names>`` concatenated along the output rows: [sum of rows, dim].
+    def _fuse(module: nn.Module, names: tuple[str, ...], alias: bool):
+        """The linears ``module.<names>`` stacked along the output rows: a float weight [sum of rows, dim], or a
+        quantized linear made by its class's ``concat``.
 
-        With ``alias``, the module's own weights become row slices (views) of the result, which is remembered
-        on the module, so a second FastLlama on the same model reuses it instead of concatenating again."""
-        weights = [getattr(module, n).weight for n in names]
+        With ``alias``, the modules' own tensors become row slices (views) of the result's, which is remembered
+        on the module, so a second FastLlama on the same model reuses it instead of concatenating again. (A
+        quantized part's kernel copy is dropped then; it is rebuilt if the readable model calls that part.)"""
+        parts = [getattr(module, n) for n in names]
+        quantized = isinstance(parts[0], QUANTIZED)
+        tensors = [dict(p.named_buffers()) if quantized else {"weight": p.weight} for p in parts]
         key = "_fused_" + "".join(names)
         fused = getattr(module, key, None)
-        if fused is not None:  # still the storage of every weight, at the right rows?
+        fused_tensors = None
+        if fused is not None:  # still the storage of every part, at the right rows?
+            fused_tensors = dict(fused.named_buffers()) if quantized else {"weight": fused}
             starts = [0]
-            for w in weights:
-                starts.append(starts[-1] + w.shape[0])
-            if fused.shape[0] == starts[-1] and all(
-                    w.data_ptr() == fused[s].data_ptr() and w.dtype == fused.dtype for w, s in zip(weights, starts)):
+            for t in tensors:
+                starts.append(starts[-1] + next(iter(t.values())).shape[0])
+            if fused_tensors.keys() == tensors[0].keys() and all(
+                    t[n].data_ptr() == fused_tensors[n][s].data_ptr() and t[n].dtype == fused_tensors[n].dtype
+                    for t, s in zip(tensors, starts) for n in t):
                 return fused
-        fused = torch.cat(weights).detach()
+        fused = type(parts[0]).concat(parts).prepare() if quantized else torch.cat(
+            [t["weight"] for t in tensors]).detach()
         if alias:
+            fused_tensors = dict(fused.named_buffers()) if quantized else {"weight": fused}
             start = 0
-            for name, w in zip(names, weights):
-                rows = w.shape[0]
-                getattr(module, name).weight = nn.Parameter(fused[start:start + rows], requires_grad=False)
+            for part, t in zip(parts, tensors):
+                rows = next(iter(t.values())).shape[0]
+                for n in t:
+                    view = fused_tensors[n][start:start + rows]
+                    if quantized:
+                        part._buffers[n] = view
+                    else:
+                        part.weight = nn.Parameter(view, requires_grad=False)
+                if quantized:
+                    part.drop_kernel()  # the fused module's kernel copy serves
                 start += rows
-            setattr(module, key, fused)
+            object.__setattr__(module, key, fused)  # remembered, not registered: no new state_dict keys
         return fused
 
     # --- the static cache -------------------------------------------------------------------------------
@@ -270,12 +288,12 @@ class FastLlama(nn.Module):
     def _qkv(self, w: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if "wqkv" in w:
             q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-            return F.linear(x, w["wqkv"]).split([q_size, kv_size, kv_size], dim=-1)
+            return self._linear(x, w["wqkv"]).split([q_size, kv_size, kv_size], dim=-1)
         return self._linear(x, w["wq"]), self._linear(x, w["wk"]), self._linear(x, w["wv"])
 
     def _ffn(self, w: dict, x: torch.Tensor) -> torch.Tensor:
         if "w13" in w:
-            gate, up = F.linear(x, w["w13"]).chunk(2, dim=-1)
+            gate, up = self._linear(x, w["w13"]).chunk(2, dim=-1)
         else:
             gate, up = self._linear(x, w["w1"]), self._linear(x, w["w3"])
         return self._linear(F.silu(gate) * up, w["w2"])

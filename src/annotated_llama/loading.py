@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import assets
 from .config import ModelArgs
 from .model import Transformer
 from .tokenizer import ByteLevelBPETokenizer, load_tokenizer
-from .weights import (CheckpointError, find_meta_tokenizer, read_gguf, read_hf_dir, read_meta_dir,
+from .weights import (CheckpointError, find_meta_tokenizer, keep_as_is, read_gguf, read_hf_dir, read_meta_dir,
                       read_safetensors)
 
 BUNDLED = {"smollm2-135m": assets.SMOLLM2_GGUF}
@@ -55,7 +56,7 @@ def resolve_device_dtype(device=None, dtype=None) -> tuple[torch.device, torch.d
     return device, dtype
 
 
-def _bundled_state_dict(name: str) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+def _bundled_state_dict(name: str, convert=keep_as_is) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     from safetensors.torch import save_file
 
     gguf_path = assets.asset_path(BUNDLED[name])
@@ -66,13 +67,13 @@ def _bundled_state_dict(name: str) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
         with safe_open(cached, framework="pt") as f:
             meta = f.metadata() or {}
         if "model_args" in meta:
-            return ModelArgs(**json.loads(meta["model_args"])), dict(read_safetensors(cached))
+            return ModelArgs(**json.loads(meta["model_args"])), {n: convert(n, t) for n, t in read_safetensors(cached)}
     args, sd = read_gguf(gguf_path)
     partial = cached.with_suffix(".part")
     fields = {k: v for k, v in vars(args).items()}
     save_file(sd, partial, metadata={"model_args": json.dumps(fields)})
     partial.rename(cached)
-    return args, sd
+    return args, {n: convert(n, sd.pop(n)) for n in list(sd)}
 
 
 def _bundled_tokenizer(name: str):
@@ -117,24 +118,27 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from e
 
 
-def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu"), dtype: torch.dtype | None = None):
+def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu"), dtype: torch.dtype | None = None,
+                    convert=keep_as_is):
     """Find what ``source`` names and read it: returns (args, state_dict, tokenizer).
 
     GGUF files are dequantized tensor by tensor straight into ``dtype`` (when given) and onto ``device``, so a
-    7B GGUF never sits in host memory as float32.
+    7B GGUF never sits in host memory as float32. ``convert(name, tensor)`` is applied to each tensor as it is
+    read (GGUF, Hugging Face, the bundled model; a Meta checkpoint is memory-mapped, and ``build_model``
+    converts it); its result, a tensor or a quantized linear, is what the state dict holds.
     """
     if isinstance(source, str) and source.lower() in BUNDLED:
-        args, sd = _bundled_state_dict(source.lower())
+        args, sd = _bundled_state_dict(source.lower(), convert)
         return args, sd, _bundled_tokenizer(source.lower())
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
             raise ValueError(f"{path} is a file but not a .gguf; give a .gguf file or a checkpoint directory")
-        args, sd = read_gguf(path, dtype=dtype, device=device)
+        args, sd = read_gguf(path, dtype=dtype, device=device, convert=convert)
         return args, sd, load_tokenizer(path)
     if path.is_dir():
         if (path / "config.json").is_file():
-            args, sd = read_hf_dir(path, device=device, dtype=dtype)
+            args, sd = read_hf_dir(path, device=device, dtype=dtype, convert=convert)
             names = [n for n in ("tokenizer.model", "tokenizer.json") if (path / n).is_file()]
             if not names:
                 raise CheckpointError(f"{path} has config.json but no tokenizer.model or tokenizer.json")
@@ -150,24 +154,38 @@ def read_checkpoint(source: str | Path, device: torch.device = torch.device("cpu
             f"{path} is a directory but holds neither config.json (Hugging Face) nor params.json (Meta)")
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not path.exists():
-        return read_checkpoint(_hub_snapshot(text), device, dtype)
+        return read_checkpoint(_hub_snapshot(text), device, dtype, convert)
     raise ValueError(
         f"unknown model {text!r}: not a bundled model ({', '.join(BUNDLED)}), not an existing .gguf file or "
         "checkpoint directory, and not a Hugging Face id of the form 'org/name'"
     )
 
 
-def build_model(args: ModelArgs, sd: dict[str, torch.Tensor], device, dtype) -> Transformer:
-    """Create the model without allocating weights (meta device), then adopt the loaded tensors."""
+def build_model(args: ModelArgs, sd: dict, device, dtype, convert=keep_as_is) -> Transformer:
+    """Create the model without allocating weights (meta device), then adopt the loaded tensors, and the
+    quantized linears that ``convert`` made of some of them, as modules."""
     with torch.device("meta"):
         model = Transformer(args)
-    for name in list(sd):  # convert one tensor at a time: peak memory stays near one copy
-        sd[name] = sd[name].to(device=device, dtype=dtype)
+    modules = {}
+    for name in list(sd):  # one tensor at a time: peak memory stays near one copy
+        value = sd.pop(name)
+        if isinstance(value, torch.Tensor):
+            value = convert(name, value.to(device=device, dtype=dtype))
+        if isinstance(value, nn.Module):
+            modules[name.removesuffix(".weight")] = value
+        else:
+            sd[name] = value
     if args.tie_word_embeddings:
         sd["output.weight"] = sd["tok_embeddings.weight"]
-    model.load_state_dict(sd, strict=True, assign=True)
+    model.load_state_dict(sd, strict=not modules, assign=True)
+    for path, module in modules.items():
+        parent, attr = path.rsplit(".", 1)
+        setattr(model.get_submodule(parent), attr, module)
     if args.tie_word_embeddings:
         model.output.weight = model.tok_embeddings.weight  # assign=True replaced the shared parameter
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"no data for {left[:5]}")
     return model.eval().requires_grad_(False)
 
 
@@ -243,10 +261,10 @@ def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_se
     ``source``: "smollm2-135m" (bundled), a ``.gguf`` file, a Hugging Face model directory, a Meta
     checkpoint directory (params.json + consolidated.*.pth), or a Hugging Face id when online.
     ``max_seq_len`` shortens the context (and the RoPE table) below the checkpoint's.
-    ``quantize`` (chapter 12): None (float weights in ``dtype``); "int8" or "int4" (see ``quant``: the layers'
-    matrices quantized from the weights in ``dtype``, one at a time, each float matrix freed as it goes, and the
-    LM head and tied embedding in float16; int8's CPU kernel also rounds activations per token); "native" (a
-    GGUF only: its own Q4_1 blocks, see ``build_native``). ``dtype`` stays the compute dtype of activations, norms and the KV cache.
+    ``quantize`` (chapter 12): None (float weights in ``dtype``); "int8" or "int4" (see ``quant``: each layer
+    matrix quantized from its weights in ``dtype`` as soon as it is read, so the float model is never whole in
+    memory; the LM head and a tied embedding in float16); "native" (a GGUF only: its own Q4_1 blocks, see
+    ``build_native``). ``dtype`` stays the compute dtype of activations, norms and the KV cache.
     """
     if quantize not in QUANTIZE:
         raise ValueError(f"unknown quantize={quantize!r}; use None, 'int8', 'int4' or 'native'")
@@ -260,18 +278,23 @@ def load(source: str | Path = "smollm2-135m", *, device=None, dtype=None, max_se
         bundled = isinstance(source, str) and source.lower() in BUNDLED
         tokenizer = _bundled_tokenizer(source.lower()) if bundled else load_tokenizer(path)
         return build_native(path, device, dtype, max_seq_len), tokenizer
-    args, sd, tokenizer = read_checkpoint(source, device=device, dtype=dtype)
+    convert = keep_as_is
+    if quantize is not None:  # each layer matrix is quantized as soon as it is read: no float model in between
+        from .quant import quantizing
+
+        convert = quantizing(quantize)
+    args, sd, tokenizer = read_checkpoint(source, device=device, dtype=dtype, convert=convert)
     if max_seq_len is not None:
         args = args.replace(max_seq_len=min(max_seq_len, args.max_seq_len))
     if tokenizer.vocab_size > args.vocab_size:
         raise CheckpointError(
             f"{source}: the tokenizer has {tokenizer.vocab_size} tokens but the model only {args.vocab_size}")
-    model = build_model(args, sd, device, dtype)
+    model = build_model(args, sd, device, dtype, convert)
     if quantize is not None:
-        from .quant import quantize_model
+        from .quant import quantize_head
 
-        sd.clear()  # the model holds the only reference to each float matrix: quantizing frees it
-        quantize_model(model, quantize)
-        for p in model.parameters():  # the norms left: their own storage, since a view into a checkpoint read
-            p.data = p.data.clone()  # as one buffer (the bundled safetensors) would keep all of it resident
+        quantize_head(model, "fp16")  # the LM head (and a tied embedding) in float16
+        meta_dir = (Path(str(source)).expanduser() / "params.json").is_file()
+        for p in model.parameters() if meta_dir else ():  # the norms left get their own storage: views into a
+            p.data = p.data.clone()  # memory-mapped Meta shard would keep every page read from it resident
     return model, tokenizer

@@ -23,11 +23,15 @@ PyTorch took 3,300 ms); ``torch.compile`` of dequantize-then-matmul 1,074 ms (in
 against 96 ms; torchao 0.18 (PyPI) ships no CPU kernel of its own for these (its CPU int4 weight-only path
 calls the same ``_weight_int4pack_mm_for_cpu``; its int8-activation/int4-weight CPU op is not in the wheel).
 So:
-- ``Int8Linear`` on CPU runs fbgemm's dynamic linear: it also rounds the *activations*, per call, to 8 bits
-  (7 in practice: ``reduce_range``, which keeps AVX2's 16-bit pair sums from saturating), so it is not purely
-  weight-only; we make the rounding per token (each token scaled to max |x| = 1 before the call), and the
-  extra error is bounded by ``activation step / 2 · Σ|w|`` per output (tested). fbgemm keeps
-  its own packed copy of the int8 weights, so on CPU an int8 weight occupies two bytes (``q`` + the pack).
+- ``Int8Linear`` on CPU runs fbgemm's dynamic linear, the only int8 kernel here faster than float32. It
+  multiplies integers by integers, so it rounds the *activations* too, one scale per call, to 8 bits (7 in
+  practice: ``reduce_range``, which keeps AVX2's 16-bit pair sums from saturating). Sent as they are, with one
+  scale per token, the bundled model's activations lose several percent of perplexity that way (their few
+  large coordinates set the step; chapter 12 measures it). So by default each token goes in as two integer
+  rows, its rounding and the rounding's remainder, one call, one read of the weights: the sum is the
+  activations to about 14 bits and the result the weight-only product to within a bound that is tested
+  (``Int8Linear``'s docstring; ``activation_levels=1`` keeps the single, cheaper rounding). fbgemm keeps its
+  own packed copy of the int8 weights, so on CPU an int8 weight occupies two bytes (``q`` + the pack).
   PyTorch 2.13 deprecates the quantized tensor type this path builds on (pytorch/pytorch#184982); where the
   op is missing, ``forward`` falls back to the reference. Elsewhere (CUDA, other devices): the reference.
 - ``Int4Linear`` on CPU runs ``_weight_int4pack_mm_for_cpu``, the fastest int4 path measured, and still several
@@ -41,11 +45,8 @@ token) is kept in float16 by ``quantize_model`` (``Float16Linear``; ``TiedEmbedd
 int8 cost +5.6% perplexity, per-group int8 had no kernel (236 ms per token for the head alone), float16 ran
 faster than float32 (see ``quantize_head``).
 
-What this gives on the bundled model (perplexity on 256 tokens of ``book/intro.md``, float32 76.25; one thread,
-load average about 1.1): int4 and native 76.25 (-0.002%: re-quantizing the file's Q4_1 values gives them
-back; the float16 head is the only change), resident weights 0.30 × float32, decode about 0.3 × float32's
-speed (the int4 kernel); int8 79.68 (+4.5%: the activation rounding; **misses the issue's 0.5%**), weights
-0.50 × float32 (``q`` and fbgemm's copy), decode about 1.3 × float32 (**misses the issue's 2×**).
+What this gives on the bundled model (perplexity, memory, speed against transformers and llama.cpp) is
+measured in chapter 12 and ``benchmarks/RESULTS.md``.
 
 The plain references (``int8_linear_reference``, ``int4_linear_reference``: dequantize, then ``F.linear``) are
 the checked truth; the kernels are tested against them.
@@ -198,29 +199,54 @@ def _as_bytes(raw) -> torch.Tensor:
     return torch.from_numpy(np.array(raw, dtype=np.uint8).reshape(-1))
 
 
+# fbgemm's int8 kernel rounds its input to integers too (below). To feed it numbers it keeps exactly, we pin its
+# range: an extra input row [-63.5, 63.5, 0, ...] makes its scale exactly 1 (127 levels over a width of 127) and
+# its zero point 64, so its grid is the integers -64..63. Each token is scaled so that its largest |x| is TOP,
+# and the remainder left by rounding (|r| ≤ 1/2) is scaled by FRAC onto the same grid in a second row.
+PIN = 63.5
+TOP = 62.0
+FRAC = 124.0  # 124 · 1/2 = 62 ≤ TOP: the remainder row fits the grid as well
+
+
 class Int8Linear(nn.Module):
     """A bias-free ``nn.Linear`` with int8 weights, one scale per output row: ``y = x @ (q·scale)ᵀ``.
 
     Buffers: ``q`` int8 [out, in], ``scale`` float32 [out] (or [out, in/group_size] with ``group_size``: Q8_0's
-    layout with 32). ``forward(x)``: any leading shape, float32, bf16 or fp16, output in x's dtype. Per row on
-    CPU it runs fbgemm's dynamic int8 linear (activations rounded to 8 bits per token as well; computed in
-    float32, then cast), on a packed copy of ``q`` made at the first CPU call (or by ``prepare()``); per group,
-    anywhere else, or if fbgemm is missing: ``int8_linear_reference`` (no group-wise int8 kernel here).
+    layout with 32). ``forward(x)``: any leading shape, float32, bf16 or fp16, output in x's dtype.
+
+    Per row on CPU it runs fbgemm's dynamic int8 linear on a packed copy of ``q`` (made at the first CPU call,
+    or by ``prepare()``). That kernel multiplies integers by integers, so it rounds the activations to 8 bits
+    as well (7 in practice: ``reduce_range``), one scale per call. ``activation_levels`` says how we feed it:
+
+    - 2 (the default): each token x is sent as two integer rows, a = round(x·TOP/max|x|) and the remainder
+      (x·TOP/max|x| - a)·FRAC rounded, plus the pinning row (see ``PIN``): three rows for one token, one read of
+      the weights. Their sum gives x to about 14 bits (an error of at most max|x|/(2·TOP·FRAC) per element), so
+      the result is the weight-only int8 product to within that;
+    - 1: the token alone, divided by its max |x| (so the call's one scale is the token's own): 7-bit
+      activations, fewer operations per call, more error (measured in chapter 12).
+
+    Per group, anywhere else, or if fbgemm is missing: ``int8_linear_reference`` (no group-wise int8 kernel here).
     """
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, group_size: int | None = None):
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, group_size: int | None = None,
+                 activation_levels: int = 2):
         super().__init__()
+        if activation_levels not in (1, 2):
+            raise ValueError(f"activation_levels must be 1 or 2, got {activation_levels}")
         self.out_features, self.in_features = q.shape
         self.group_size = group_size
+        self.activation_levels = activation_levels
         self.register_buffer("q", q.to(torch.int8))
         self.register_buffer("scale", scale.float())
         self._pack = None  # fbgemm's copy, CPU only
+        self._pin = None  # the pinning row, made with the pack
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int | None = None) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, group_size: int | None = None, activation_levels: int = 2
+                    ) -> "Int8Linear":
         if getattr(linear, "bias", None) is not None:
             raise ValueError("Int8Linear replaces bias-free linears only (LLaMA has no biases)")
-        return cls(*quantize_int8(linear.weight, group_size), group_size)
+        return cls(*quantize_int8(linear.weight, group_size), group_size, activation_levels)
 
     @classmethod
     def from_q8_0(cls, raw_blocks, out_features: int, in_features: int) -> "Int8Linear":
@@ -235,6 +261,16 @@ class Int8Linear(nn.Module):
         q = blocks[:, 2:].contiguous().view(torch.int8).reshape(out_features, in_features)
         return cls(q, d.reshape(out_features, in_features // BLOCK), BLOCK)
 
+    @classmethod
+    def concat(cls, parts: list["Int8Linear"]) -> "Int8Linear":
+        """Several Int8Linears on the same input, stacked along the output rows (wq|wk|wv, w1|w3): one call
+        instead of several; every row keeps its numbers and its scale."""
+        if len({(p.in_features, p.group_size, p.activation_levels) for p in parts}) != 1:
+            raise ValueError("Int8Linear.concat needs the same in_features, group_size and activation_levels")
+        p0 = parts[0]
+        return cls(torch.cat([p.q for p in parts]), torch.cat([p.scale for p in parts]), p0.group_size,
+                   p0.activation_levels)
+
     def dequantize(self) -> torch.Tensor:
         return dequantize_int8(self.q, self.scale)
 
@@ -242,6 +278,8 @@ class Int8Linear(nn.Module):
         """Build the kernel's packed copy now (the first CPU ``forward`` would)."""
         if self.q.device.type == "cpu" and self._pack is None and self.group_size is None:
             self._pack = _fbgemm_pack(self.q, self.scale)
+            self._pin = torch.zeros(1, self.in_features)
+            self._pin[0, :2] = torch.tensor([-PIN, PIN])
         return self
 
     def kernel_nbytes(self) -> int:
@@ -249,26 +287,40 @@ class Int8Linear(nn.Module):
         column offset per output row."""
         return 0 if self._pack is None else self.q.numel() + 4 * self.out_features
 
-    def _apply(self, fn, recurse=True):  # .to(device) and friends: the packed copy is rebuilt when needed
+    def drop_kernel(self) -> None:
+        """Free the kernel's packed copy (rebuilt at the next CPU call)."""
         self._pack = None
+
+    def _apply(self, fn, recurse=True):  # .to(device) and friends: the packed copy is rebuilt when needed
+        self.drop_kernel()
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
+        if self._pack is None and x.device.type == "cpu":
             self.prepare()
-            if self._pack is not None:
-                x2 = x.reshape(-1, self.in_features).float()  # [tokens, in]
-                # fbgemm picks one activation scale per call; dividing each token by its own max |x| first
-                # (and multiplying back after) makes it one scale per token: a prompt's loud tokens do not
-                # coarsen the quiet ones. The output is linear in x, so the division is undone exactly.
+        if self._pack is None or x.device.type != "cpu":
+            return int8_linear_reference(x, self.q, self.scale)
+        x2 = x.reshape(-1, self.in_features).float()  # [tokens, in]
+        tokens = x2.shape[0]
+        if self.activation_levels == 1:
+            if tokens == 1:  # the call's one scale is already the token's own
+                y = torch.ops.quantized.linear_dynamic(x2, self._pack, True)  # reduce_range=True
+            else:  # one scale per token: divide by its max |x| first, multiply back after (y is linear in x)
                 r = x2.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # [tokens, 1]
-                y = torch.ops.quantized.linear_dynamic(x2 / r, self._pack, True) * r  # reduce_range=True
-                return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-        return int8_linear_reference(x, self.q, self.scale)
+                y = torch.ops.quantized.linear_dynamic(x2 / r, self._pack, True) * r
+        else:
+            k = TOP / torch.linalg.vector_norm(x2, float("inf"), dim=1, keepdim=True).clamp_min(
+                torch.finfo(torch.float32).tiny)  # [tokens, 1]: max |x·k| = TOP
+            a = x2 * k  # [tokens, in], within ±TOP; the kernel rounds it to round(a)
+            rest = (a - torch.round(a)).mul_(FRAC)  # what that rounding drops, scaled onto the grid (|rest| ≤ 62)
+            yy = torch.ops.quantized.linear_dynamic(torch.cat((a, rest, self._pin)), self._pack, True)
+            y = torch.add(yy[:tokens], yy[tokens:2 * tokens], alpha=1 / FRAC).div_(k)  # [tokens, out]
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         per = "per row" if self.group_size is None else f"group_size={self.group_size}"
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 {per}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8 {per}, "
+                f"activation_levels={self.activation_levels}")
 
 
 _LAYOUT_OK: list[bool] = []
@@ -338,6 +390,15 @@ class Int4Linear(nn.Module):
         groups = (out_features, in_features // BLOCK)
         return cls(pack_nibbles(q), d.reshape(groups), m.reshape(groups), BLOCK)
 
+    @classmethod
+    def concat(cls, parts: list["Int4Linear"]) -> "Int4Linear":
+        """Several Int4Linears on the same input, stacked along the output rows (wq|wk|wv, w1|w3). The packed
+        layout is made of tiles of 32 whole rows, so stacking the packed bytes stacks the rows."""
+        if len({(p.in_features, p.group_size) for p in parts}) != 1:
+            raise ValueError("Int4Linear.concat needs the same in_features and group_size")
+        return cls(torch.cat([p.qpacked for p in parts]), torch.cat([p.scale for p in parts]),
+                   torch.cat([p.zero for p in parts]), parts[0].group_size)
+
     @property
     def q(self) -> torch.Tensor:
         return unpack_nibbles(self.qpacked)  # uint8 [out, in]
@@ -375,8 +436,12 @@ class Int4Linear(nn.Module):
             return 0
         return sum(t.numel() * t.element_size() for t in self._kernel[1:] if t is not self.qpacked)
 
-    def _apply(self, fn, recurse=True):
+    def drop_kernel(self) -> None:
+        """Free the kernel's copy of the scales (rebuilt at the next call)."""
         self._kernel = None
+
+    def _apply(self, fn, recurse=True):
+        self.drop_kernel()
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -450,16 +515,41 @@ class TiedEmbedding(nn.Module):
 
 
 # --- whole models ----------------------------------------------------------------------------------------
-def quantize_linear(linear: nn.Linear, scheme: str, group_size: int = 32) -> nn.Module:
+def quantize_weight(weight: torch.Tensor, scheme: str, group_size: int = 32, activation_levels: int = 2
+                    ) -> nn.Module:
+    """A bias-free linear's weight [out, in] -> its ``Int8Linear`` / ``Int4Linear``, kernel copy made."""
     if scheme == "int8":
-        return Int8Linear.from_linear(linear).prepare()
+        return Int8Linear(*quantize_int8(weight), activation_levels=activation_levels).prepare()
     if scheme == "int4":
-        return Int4Linear.from_linear(linear, group_size).prepare()
+        q, scale, zero = quantize_int4(weight, group_size)
+        return Int4Linear(pack_nibbles(q), scale, zero, group_size).prepare()
     raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+
+
+def quantize_linear(linear: nn.Linear, scheme: str, group_size: int = 32, activation_levels: int = 2
+                    ) -> nn.Module:
+    if getattr(linear, "bias", None) is not None:
+        raise ValueError("the quantized linears replace bias-free linears only (LLaMA has no biases)")
+    return quantize_weight(linear.weight, scheme, group_size, activation_levels)
 
 
 LAYER_LINEARS = (("attention", "wq"), ("attention", "wk"), ("attention", "wv"), ("attention", "wo"),
                  ("feed_forward", "w1"), ("feed_forward", "w2"), ("feed_forward", "w3"))
+
+
+def quantizing(scheme: str, group_size: int = 32):
+    """``convert(name, tensor)`` for the checkpoint readers (``load(quantize=scheme)``): a layer's wq wk wv wo
+    w1 w2 w3 weight becomes its quantized linear as soon as it is read; any other tensor passes unchanged."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    suffixes = tuple(f".{part}.{name}.weight" for part, name in LAYER_LINEARS)
+
+    def convert(name: str, tensor: torch.Tensor):
+        if name.startswith("layers.") and name.endswith(suffixes):
+            return quantize_weight(tensor, scheme, group_size)
+        return tensor
+
+    return convert
 
 
 HEAD_GROUP = 32
@@ -489,10 +579,11 @@ def quantize_head(model, head: str | None = "fp16", head_linear: nn.Module | Non
         model.tok_embeddings = TiedEmbedding(model.output, dtype)
 
 
-def quantize_model(model, scheme: str, group_size: int = 32, head: str | None = "fp16"):
+def quantize_model(model, scheme: str, group_size: int = 32, head: str | None = "fp16", activation_levels: int = 2):
     """Replace, in place, every layer's wq wk wv wo w1 w2 w3 by ``Int8Linear`` / ``Int4Linear`` (one at a
     time, freeing each float weight as it goes) and the LM head (and the tied embedding) as ``head`` says
-    (``quantize_head``: fp16 by default). Returns the model."""
+    (``quantize_head``: fp16 by default). ``activation_levels``: int8 only, see ``Int8Linear``. Returns the
+    model."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
     if scheme == "int4":
@@ -503,7 +594,7 @@ def quantize_model(model, scheme: str, group_size: int = 32, head: str | None = 
             parent = getattr(block, part)
             linear = getattr(parent, name)
             if isinstance(linear, nn.Linear):
-                setattr(parent, name, quantize_linear(linear, scheme, group_size))
+                setattr(parent, name, quantize_linear(linear, scheme, group_size, activation_levels))
     quantize_head(model, head)
     return model
 

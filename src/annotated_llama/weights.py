@@ -58,15 +58,20 @@ def expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_state_dict(args: ModelArgs, sd: dict[str, torch.Tensor], source: str) -> None:
+def _shape(value) -> tuple[int, ...]:
+    """A tensor's shape, or a quantized linear's [out, in] (``load(quantize=...)`` converts as it reads)."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else (value.out_features, value.in_features)
+
+
+def check_state_dict(args: ModelArgs, sd: dict, source: str) -> None:
     """Raise CheckpointError naming every missing, unexpected or wrongly shaped tensor."""
     want = expected_shapes(args)
     problems = [f"missing tensor {k} (expected shape {list(s)})" for k, s in want.items() if k not in sd]
     problems += [
-        f"tensor {k} has shape {list(sd[k].shape)}, expected {list(s)}"
-        for k, s in want.items() if k in sd and tuple(sd[k].shape) != s
+        f"tensor {k} has shape {list(_shape(sd[k]))}, expected {list(s)}"
+        for k, s in want.items() if k in sd and _shape(sd[k]) != s
     ]
-    problems += [f"unexpected tensor {k} {list(sd[k].shape)}" for k in sd if k not in want]
+    problems += [f"unexpected tensor {k} {list(_shape(sd[k]))}" for k in sd if k not in want]
     if problems:
         shown = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
         raise CheckpointError(f"{source} does not match its config:\n  {shown}")
@@ -178,15 +183,22 @@ def gguf_tensors(reader, path: str | Path):
         yield name, torch.from_numpy(array)
 
 
+def keep_as_is(name: str, tensor: torch.Tensor):
+    """The readers' default ``convert``: each tensor as read."""
+    return tensor
+
+
 def read_gguf(path: str | Path, dtype: torch.dtype | None = None,
-              device: str | torch.device = "cpu") -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+              device: str | torch.device = "cpu", convert=keep_as_is) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     """Dequantize every tensor of a llama GGUF (q/k stay in Meta's layout, as GGUF stores them).
 
     One tensor at a time: dequantized to float32, then converted to ``dtype`` (default float32) on ``device``
-    before the next, so the float32 copy of the whole model never exists.
+    and passed through ``convert(name, tensor)`` (``load(quantize=...)`` quantizes there) before the next, so
+    the float32 copy of the whole model never exists.
     """
     reader, args = open_gguf(path)
-    sd = {name: t.to(device=device, dtype=dtype or torch.float32) for name, t in gguf_tensors(reader, path)}
+    sd = {name: convert(name, t.to(device=device, dtype=dtype or torch.float32))
+          for name, t in gguf_tensors(reader, path)}
     check_state_dict(args, sd, str(path))
     return args, sd
 
@@ -253,12 +265,24 @@ def read_safetensors(file: str | Path, device: str | torch.device = "cpu", dtype
             yield name, tensor.to(device=device, dtype=dtype or tensor.dtype)
 
 
+def _read_hf_file(file: Path, device, dtype, keep):
+    """``read_safetensors``, with whatever else the file raises said as a CheckpointError (errors raised by the
+    caller between two tensors are not caught here)."""
+    try:
+        yield from read_safetensors(file, device, dtype, keep=keep)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
+
+
 def read_hf_dir(path: str | Path, device: str | torch.device = "cpu",
-                dtype: torch.dtype | None = None) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+                dtype: torch.dtype | None = None, convert=keep_as_is) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     """A Hugging Face model directory: config.json and model.safetensors (or shards with an index).
 
-    Tensors are read one at a time (``read_safetensors``), each moved to ``device`` and converted to ``dtype``
-    (default: as stored) before the next, so a 7B model never sits in host memory whole, nor twice in two dtypes.
+    Tensors are read one at a time (``read_safetensors``), each moved to ``device``, converted to ``dtype``
+    (default: as stored), put back in Meta's q/k layout and passed through ``convert(name, tensor)`` before the
+    next, so a 7B model never sits in host memory whole, nor twice in two dtypes.
     """
     path = Path(path)
     config_path = path / "config.json"
@@ -276,22 +300,19 @@ def read_hf_dir(path: str | Path, device: str | torch.device = "cpu",
     if not files:
         hint = " (a PyTorch .bin checkpoint: convert it to safetensors first)" if list(path.glob("*.bin")) else ""
         raise CheckpointError(f"{path} has config.json but no *.safetensors weights{hint}")
+    heads = {f"layers.{i}.attention.{key}.weight": n for i in range(args.n_layers)
+             for key, n in (("wq", args.n_heads), ("wk", args.n_kv_heads))}
+    def wanted(hf_name: str) -> bool:  # a tied checkpoint may store the shared matrix twice: read it once
+        name = hf_name_to_meta(hf_name)
+        return name is not None and not (name == "output.weight" and args.tie_word_embeddings)
+
     sd = {}
     for file in files:
-        try:
-            for name, tensor in read_safetensors(file, device, dtype, keep=lambda n: hf_name_to_meta(n) is not None):
-                sd[hf_name_to_meta(name)] = tensor
-        except CheckpointError:
-            raise
-        except Exception as e:
-            raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from e
-    if args.tie_word_embeddings:
-        sd.pop("output.weight", None)  # some tied checkpoints store the shared matrix twice
-    for i in range(args.n_layers):
-        for key, heads in (("wq", args.n_heads), ("wk", args.n_kv_heads)):
-            name = f"layers.{i}.attention.{key}.weight"
-            if name in sd and sd[name].shape[0] == heads * args.head_dim:
-                sd[name] = unpermute_hf(sd[name], heads)
+        for hf_name, tensor in _read_hf_file(file, device, dtype, wanted):
+            name = hf_name_to_meta(hf_name)
+            if name in heads and tensor.shape[0] == heads[name] * args.head_dim:
+                tensor = unpermute_hf(tensor, heads[name])
+            sd[name] = convert(name, tensor)
     check_state_dict(args, sd, str(path))
     return args, sd
 
