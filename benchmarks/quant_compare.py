@@ -215,7 +215,7 @@ def main() -> int:
     from annotated_llama import assets
 
     sys.path.insert(0, str(HERE))
-    from results_md import machine_line, write_section
+    from results_md import machine_line, publish
 
     load_start = os.getloadavg()
     line = machine_line()
@@ -286,15 +286,13 @@ def main() -> int:
             "weight_bytes": info[v]["weight_bytes"], "bytes_per_token": bpt,
             "roof_tok_s": bandwidth * 1e9 / bpt, "greedy_tokens": tokens[v],
         }
-    (HERE / "quant_compare.json").write_text(json.dumps(result, indent=1))
-    body = report(result)
-    print(body)
-    if not args.no_write:
-        write_section("quant_compare", body)
+    publish("quant_compare", result, report(result), write=not args.no_write)
     return 0
 
 
 def report(r) -> str:
+    from results_md import load_sentence  # benchmarks/ is on sys.path (main puts it there)
+
     def fmt(s, d=1):
         return f"{STOPWATCH} {s['median']:.{d}f} [{s['min']:.{d}f}-{s['max']:.{d}f}]"
 
@@ -304,14 +302,12 @@ def report(r) -> str:
         rows.append(f"| {v} | {fmt(x['prefill_tok_s'], 0)} | {fmt(x['decode_tok_s'])} | "
                     f"{fmt(x['decode_vs_ours_float32'], 2)} | {fmt(x['decode_vs_transformers'], 2)} | {STOPWATCH} {x['rss_mb'] - x['rss_base_mb']:.0f} | "
                     f"{wb} | {x['bytes_per_token'] / 1e6:.0f} | {STOPWATCH} {x['roof_tok_s']:.0f} |")
-    ls, le = r["load_start"], r["load_end"]
     return "\n".join([
         "## Fewer bits: float32, int8, int4, transformers and llama.cpp (`benchmarks/quant_compare.py`)",
         "",
         r["machine"],
-        f"Load average (1/5/15 min) at the start {ls[0]:.2f} / {ls[1]:.2f} / {ls[2]:.2f}, at the end "
-        f"{le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f} (2 cores shared with other jobs: times are noisy, compare "
-        f"the paired ratios). {r['threads']} threads for every variant; {r['reps']} repetitions, order rotated; "
+        load_sentence(r["load_start"], r["load_end"]) + " The cores are shared with other jobs: times are "
+        f"noisy, compare the paired ratios. {r['threads']} threads for every variant; {r['reps']} repetitions, order rotated; "
         f"prefill {r['prefill_tokens']} tokens, decode {r['decode_tokens']} greedy tokens after a "
         f"{r['prompt_tokens']}-token prompt. Copy bandwidth {STOPWATCH} {r['copy_bandwidth_GBps']:.1f} GB/s "
         "(read + write, 256 MB float32 copy).",

@@ -17,7 +17,6 @@ ratios against float32 are paired within each repetition.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -83,7 +82,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
-    from results_md import machine_line, write_section
+    from results_md import machine_line, publish
 
     torch.set_grad_enabled(False)
     load_start = os.getloadavg()
@@ -123,28 +122,24 @@ def main() -> int:
         del built
         print(f"{name}: done", file=sys.stderr)
     result["load_start"], result["load_end"] = list(load_start), list(os.getloadavg())
-    (HERE / "quant_widths.json").write_text(json.dumps(result, indent=1))
-    body = report(result)
-    print(body)
-    if not args.no_write:
-        write_section("quant_widths", body)
+    publish("quant_widths", result, report(result), write=not args.no_write)
     return 0
 
 
 def report(r) -> str:
+    from results_md import load_sentence  # benchmarks/ is on sys.path (main puts it there)
+
     rows = []
     for name, w in r["widths"].items():
         for v, x in w["variants"].items():
             rows.append(f"| {name} ({w['dim']}/{w['ffn_dim']}, {w['layers_timed']} layers) | {v} | "
                         f"{STOPWATCH} {x['ms_per_layer']:.2f} [{x['min_ms']:.2f}-{x['max_ms']:.2f}] | "
                         f"{STOPWATCH} {x['speedup']:.2f} | {x['bytes_ratio']:.2f} |")
-    ls, le = r["load_start"], r["load_end"]
     return "\n".join([
         "## Fewer bits at three widths: one layer's matrices, one token (`benchmarks/quant_widths.py`)",
         "",
         r["machine"],
-        f"Load average (1/5/15 min) at the start {ls[0]:.2f} / {ls[1]:.2f} / {ls[2]:.2f}, at the end "
-        f"{le[0]:.2f} / {le[1]:.2f} / {le[2]:.2f}. {r['threads']} threads; {r['reps']} repetitions alternating "
+        load_sentence(r["load_start"], r["load_end"]) + f" {r['threads']} threads; {r['reps']} repetitions alternating "
         "between the variants. Random weights of each model's shapes; the seven matrices of a layer only (no "
         "attention, norms or head); enough layers that the float32 weights exceed 400 MB.",
         "",

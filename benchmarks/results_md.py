@@ -7,6 +7,7 @@ figure was taken, so a reader can judge it.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -38,3 +39,18 @@ def machine_line() -> str:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"Measured {when} on {device}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
             f"load average (1 min) at the start: {load:.2f}.")
+
+
+def publish(name: str, result: dict, body: str, write: bool = True) -> None:
+    """Save ``result`` as ``benchmarks/<name>.json`` (what the chapters read), print the markdown ``body``, and
+    write it as the section ``name`` of RESULTS.md unless ``write`` is false."""
+    RESULTS.with_name(f"{name}.json").write_text(json.dumps(result, indent=1))
+    print(body)
+    if write:
+        write_section(name, body)
+
+
+def load_sentence(start, end) -> str:
+    """The 1/5/15-minute load averages at the start and at the end of a run, as a sentence."""
+    return (f"Load average (1/5/15 min) at the start {start[0]:.2f} / {start[1]:.2f} / {start[2]:.2f}, at the end "
+            f"{end[0]:.2f} / {end[1]:.2f} / {end[2]:.2f}.")

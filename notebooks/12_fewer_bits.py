@@ -791,7 +791,8 @@ print(f"{'int8, weights only':<22}{r['perplexity']:>11.1f}{change:>+9.1%}{r['dif
 # construction; int4 because section 3's fixed point makes the quantizer find the same integers
 # again, with the scales to float32 rounding); what differs is the LM head, in float16.
 #
-# int8 with two-level activations, the package's default, comes to within 0.3% of float32's
+# For the bundled model again: int8 with two-level activations, the package's default, comes to
+# within 0.3% of float32's
 # perplexity, with the float model's top token at 999 positions. The same int8 weights with the
 # activations not rounded at all (the "weights only" row, through the plain reference) give 0.2%
 # and 1,000 positions: the two-level rounding adds next to nothing to what the weights lose.
@@ -877,12 +878,19 @@ for label, r in results.items():
 # those of two models a reader might load instead, with random weights of their shapes:
 
 # %%
-widths_path = Path("../benchmarks/quant_widths.json")
-widths = json.loads(widths_path.read_text()) if widths_path.is_file() else None
-if widths is None:
-    print("benchmarks/quant_widths.json not found: run benchmarks/quant_widths.py to measure")
-else:
-    print(textwrap.fill(widths["machine"], 100))
+def benchmark(name, how):
+    """benchmarks/<name>.json as its script wrote it (where and when it was measured, printed), or None."""
+    path = Path(f"../benchmarks/{name}.json")
+    if not path.is_file():
+        print(f"benchmarks/{name}.json not found: run {how} to measure")
+        return None
+    found = json.loads(path.read_text())
+    print(textwrap.fill(found["machine"], 100))
+    return found
+
+
+widths = benchmark("quant_widths", "benchmarks/quant_widths.py")
+if widths is not None:
     print(f"{'model shapes':<16}{'dim':>6}{'ffn':>7}{'float32 ms':>12}{'GB/s':>6}"
           + "".join(f"{v:>13}" for v in ("int8", "int8-1level", "int4")))
     for name, w in widths["widths"].items():
@@ -917,12 +925,8 @@ else:
 # `benchmarks/quant_compare.json`; this page shows what is there:
 
 # %%
-bench_path = Path("../benchmarks/quant_compare.json")
-bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
-if bench is None:
-    print("benchmarks/quant_compare.json not found: run `make bench-quant` to measure")
-else:
-    print(textwrap.fill(bench["machine"], 100))
+bench = benchmark("quant_compare", "`make bench-quant`")
+if bench is not None:
     print(f"{bench['reps']} repetitions; prefill of {bench['prefill_tokens']} tokens, "
           f"{bench['decode_tokens']} decode steps; "
           f"copy bandwidth {bench['copy_bandwidth_GBps']:.1f} GB/s\n")
